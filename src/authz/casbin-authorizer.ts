@@ -1,0 +1,184 @@
+/**
+ * Casbin RBAC (`authz`). The model and policy are read from files and the enforcer is built completely
+ * before it serves. Roles from the token act, for that request only, as if the policy held
+ * `g, <subjectPrefix><sub>, <rolePrefix><role>` (DESIGN.md §3); policy `g` lines still apply on top, so role
+ * inheritance works. Subjects and roles get distinct prefixes because Casbin has one namespace for both: a
+ * user named "admin" must never be the role "admin".
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { DefaultRoleManager, newEnforcer, newModelFromString, StringAdapter, type Enforcer, type RoleManager } from 'casbin';
+import type { AccessRequest } from '../core/access-request.js';
+import { claimAt, type Identity } from '../core/identity.js';
+import type { Authorizer, AuthzResult } from '../core/stages.js';
+
+export type RequestField = 'subject' | 'path' | 'method' | 'host' | 'peer' | `claim:${string}` | `header:${string}`;
+
+export const DEFAULT_REQUEST_FIELDS: readonly RequestField[] = Object.freeze(['subject', 'path', 'method']);
+export const DEFAULT_SUBJECT_PREFIX = 'user:';
+export const DEFAULT_ROLE_PREFIX = 'role:';
+/** Depth of role inheritance followed through `g` lines. */
+export const MAX_ROLE_HIERARCHY = 10;
+
+export interface CasbinAuthorizerOptions {
+  readonly modelPath: string;
+  readonly policyPath: string;
+  /** What fills Casbin's `r`, in order; must have as many fields as the model's request definition. */
+  readonly request?: readonly RequestField[];
+  readonly subjectPrefix?: string;
+  readonly rolePrefix?: string;
+}
+
+export interface CasbinAuthorizer extends Authorizer {
+  /** SHA-256 over the model and policy text that are serving. */
+  readonly sha256: string;
+}
+
+/** Where a loading problem is: which file, so the config error can name it. */
+export class PolicyLoadError extends Error {
+  constructor(
+    readonly file: 'model' | 'policy',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'PolicyLoadError';
+  }
+}
+
+/**
+ * Role manager that adds the token's roles as links of the current subject for the duration of one
+ * synchronous enforce call. Casbin's synchronous enforcement calls `syncedHasLink` only, and no other
+ * request can run in between, so the scope never leaks from one request into another.
+ */
+class RequestScopedRoleManager implements RoleManager {
+  private scope: { subject: string; roles: readonly string[] } | undefined;
+
+  constructor(private readonly inner: DefaultRoleManager) {}
+
+  withScope<T>(subject: string, roles: readonly string[], fn: () => T): T {
+    this.scope = { subject, roles };
+    try {
+      return fn();
+    } finally {
+      this.scope = undefined;
+    }
+  }
+
+  syncedHasLink(name1: string, name2: string, ...domain: string[]): boolean {
+    const scope = this.scope;
+    // Token roles are links without a domain; domain-scoped `g` lines come from the policy only.
+    if (scope !== undefined && domain.length === 0 && name1 === scope.subject) {
+      if (name1 === name2) return true;
+      for (const role of scope.roles) {
+        if (role === name2 || this.inner.syncedHasLink(role, name2)) return true;
+      }
+    }
+    return this.inner.syncedHasLink(name1, name2, ...domain);
+  }
+
+  hasLink(name1: string, name2: string, ...domain: string[]): Promise<boolean> {
+    return Promise.resolve(this.syncedHasLink(name1, name2, ...domain));
+  }
+  clear(): Promise<void> {
+    return this.inner.clear();
+  }
+  addLink(name1: string, name2: string, ...domain: string[]): Promise<void> {
+    return this.inner.addLink(name1, name2, ...domain);
+  }
+  deleteLink(name1: string, name2: string, ...domain: string[]): Promise<void> {
+    return this.inner.deleteLink(name1, name2, ...domain);
+  }
+  getRoles(name: string, ...domain: string[]): Promise<string[]> {
+    return this.inner.getRoles(name, ...domain);
+  }
+  getUsers(name: string, ...domain: string[]): Promise<string[]> {
+    return this.inner.getUsers(name, ...domain);
+  }
+  printRoles(): Promise<void> {
+    return this.inner.printRoles();
+  }
+  getDomains(name: string): Promise<string[]> {
+    return this.inner.getDomains(name);
+  }
+  getAllDomains(): Promise<string[]> {
+    return this.inner.getAllDomains();
+  }
+}
+
+function requestValue(field: RequestField, request: AccessRequest, identity: Identity, subject: string): string {
+  switch (field) {
+    case 'subject':
+      return subject;
+    case 'path':
+      return request.path;
+    case 'method':
+      // HEAD is authorized as GET (DESIGN.md §3): it reads the same resource.
+      return request.method === 'HEAD' ? 'GET' : request.method;
+    case 'host':
+      return request.host;
+    case 'peer':
+      return request.peer;
+  }
+  if (field.startsWith('claim:')) {
+    const value = claimAt(identity.claims, field.slice('claim:'.length));
+    return typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' ? String(value) : '';
+  }
+  const values = request.headers[field.slice('header:'.length).toLowerCase()];
+  return values === undefined ? '' : values.join(', ');
+}
+
+export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): Promise<CasbinAuthorizer> {
+  const fields = [...(options.request ?? DEFAULT_REQUEST_FIELDS)];
+  const subjectPrefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
+  const rolePrefix = options.rolePrefix ?? DEFAULT_ROLE_PREFIX;
+  if (subjectPrefix === rolePrefix) throw new TypeError('subjectPrefix and rolePrefix must differ');
+
+  let modelText: string;
+  let policyText: string;
+  try {
+    modelText = await readFile(options.modelPath, 'utf8');
+  } catch (err) {
+    throw new PolicyLoadError('model', `cannot read ${options.modelPath}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    policyText = await readFile(options.policyPath, 'utf8');
+  } catch (err) {
+    throw new PolicyLoadError('policy', `cannot read ${options.policyPath}: ${(err as Error).message}`, { cause: err });
+  }
+
+  let enforcer: Enforcer;
+  const roleManager = new RequestScopedRoleManager(new DefaultRoleManager(MAX_ROLE_HIERARCHY));
+  try {
+    const model = newModelFromString(modelText);
+    const arity = model.model.get('r')?.get('r')?.tokens.length;
+    if (arity !== fields.length) {
+      throw new PolicyLoadError(
+        'model',
+        `the model's request_definition has ${arity ?? 0} fields but authz.request has ${fields.length}`,
+      );
+    }
+    enforcer = await newEnforcer(model);
+    if (model.model.get('g')?.get('g') !== undefined) enforcer.setRoleManager(roleManager);
+    // Policy lines are loaded through our own reader so that a read error is ours to report, not a crash.
+    await enforcer.setAdapter(new StringAdapter(policyText));
+    await enforcer.loadPolicy();
+  } catch (err) {
+    if (err instanceof PolicyLoadError) throw err;
+    throw new PolicyLoadError('policy', `cannot load the Casbin model and policy: ${(err as Error).message}`, { cause: err });
+  }
+
+  const sha256 = createHash('sha256').update(modelText).update('\0').update(policyText).digest('hex');
+
+  return {
+    sha256,
+    missing: () => [],
+    authorize(request: AccessRequest, identity: Identity): AuthzResult {
+      const subject = identity.anonymous ? identity.subject : subjectPrefix + identity.subject;
+      const roles = identity.roles.map((r) => rolePrefix + r);
+      const rvals = fields.map((f) => requestValue(f, request, identity, subject));
+      const [allowed, line] = roleManager.withScope(subject, roles, () => enforcer.enforceExSync(...rvals));
+      return { allowed, policy: line.length > 0 ? line : undefined };
+    },
+  };
+}

@@ -1,0 +1,89 @@
+/**
+ * The `authz-sidecar` command. Exit codes (DESIGN.md §5): 0 success, 1 a deny or a failing case, 2 bad
+ * usage or bad config. Arguments are parsed with node:util parseArgs: the commands are few and flat.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../config/load.js';
+import { startSidecar, type RunningSidecar } from '../sidecar.js';
+import { runDemo } from './demo.js';
+import { UsageError } from './usage-error.js';
+
+export const USAGE = `usage:
+  authz-sidecar serve --config FILE     run the sidecar (or set AUTHZ_SIDECAR_CONFIG)
+  authz-sidecar demo [--config FILE]    the sidecar in front of a built-in echo app with a local dev issuer
+  authz-sidecar --help | --version
+`;
+
+export { UsageError } from './usage-error.js';
+
+/** Waits for SIGTERM or SIGINT, then closes; a second signal exits at once. */
+export function closeOnSignal(close: () => Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    let closing = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (closing) process.exit(signal === 'SIGINT' ? 130 : 143);
+      closing = true;
+      close().then(resolve, (err: unknown) => {
+        console.error(`authz-sidecar: error while shutting down: ${(err as Error).message}`);
+        resolve();
+      });
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+async function serve(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
+  const file = values.config ?? process.env['AUTHZ_SIDECAR_CONFIG'];
+  if (file === undefined || file === '') throw new UsageError('serve needs --config FILE (or AUTHZ_SIDECAR_CONFIG)');
+  const config = await loadConfig(file);
+  const running: RunningSidecar = await startSidecar(config, { file });
+  await closeOnSignal(() => running.close());
+  return 0;
+}
+
+async function demo(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
+  const stop = await runDemo(values.config);
+  await closeOnSignal(stop);
+  return 0;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'serve':
+        return await serve(rest);
+      case 'demo':
+        return await demo(rest);
+      case '--version':
+      case 'version': {
+        const { readFile } = await import('node:fs/promises');
+        const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+        console.log(pkg.version);
+        return 0;
+      }
+      case undefined:
+      case '--help':
+      case '-h':
+      case 'help':
+        process.stdout.write(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(`authz-sidecar: ${err.message}`);
+      return 2;
+    }
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`authz-sidecar: ${(err as Error).message}\n${USAGE}`);
+      return 2;
+    }
+    console.error(`authz-sidecar: ${(err as Error).message}`);
+    return 1;
+  }
+}

@@ -1,0 +1,4 @@
+/** Bad command-line usage: the CLI prints the message with the usage text and exits 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}

@@ -1,0 +1,188 @@
+/**
+ * Loads the YAML config once at startup (fastify's initial-config-validation pattern): parse, substitute
+ * `${VAR}`, validate against the schema, resolve relative paths against the config file's folder, check the
+ * files it names are readable, deep-freeze. One ConfigError lists every problem with its key path.
+ */
+import { access, readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type Config } from './schema.js';
+
+export interface ConfigIssue {
+  /** Key path such as `authn.jwt[0].audiences`; '' for the file as a whole. */
+  readonly path: string;
+  readonly message: string;
+  /** 1-based line in the config file, when known. */
+  readonly line?: number | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly issues: readonly ConfigIssue[],
+  ) {
+    super(`invalid config ${file}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function formatIssue(issue: ConfigIssue): string {
+  const where = issue.line === undefined ? '' : ` (line ${issue.line})`;
+  return issue.path === '' ? `${issue.message}${where}` : `${issue.path}: ${issue.message}${where}`;
+}
+
+export function formatKeyPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? String(part) : `.${String(part)}`;
+  }
+  return out;
+}
+
+/** `${NAME}` is replaced from the environment; `$${` stands for a literal `${`. An unset variable is an error. */
+function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[], issues: ConfigIssue[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$(\$?)\{([^}]*)\}/g, (whole, escaped: string, name: string) => {
+      if (escaped === '$') return whole.slice(1);
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+        issues.push({ path: formatKeyPath(path), message: `invalid variable reference \${${name}}` });
+        return whole;
+      }
+      const v = env[name];
+      if (v === undefined) {
+        issues.push({ path: formatKeyPath(path), message: `environment variable ${name} is not set` });
+        return whole;
+      }
+      return v;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substitute(v, env, [...path, i], issues));
+  if (typeof value === 'object' && value !== null) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, env, [...path, k], issues);
+    return out;
+  }
+  return value;
+}
+
+/** Finds the line of a key path in the YAML document, for error messages. */
+function lineOf(doc: Document, counter: LineCounter, path: readonly PropertyKey[]): number | undefined {
+  let node: Node | null | undefined = doc.contents as Node | null;
+  let line: number | undefined;
+  for (const part of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isScalar(p.key) && p.key.value === part);
+      if (!pair) break;
+      const keyNode = pair.key as Node;
+      if (keyNode.range) line = counter.linePos(keyNode.range[0]).line;
+      node = pair.value as Node | null;
+    } else if (isSeq(node) && typeof part === 'number') {
+      node = node.items[part] as Node | null | undefined;
+      if (node?.range) line = counter.linePos(node.range[0]).line;
+    } else {
+      break;
+    }
+  }
+  return line;
+}
+
+function zodIssues(error: z.ZodError, doc: Document, counter: LineCounter): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        const path = [...issue.path, key];
+        out.push({ path: formatKeyPath(path), message: 'unknown key', line: lineOf(doc, counter, path) });
+      }
+      continue;
+    }
+    const missing = issue.code === 'invalid_type' && issue.message.endsWith('received undefined');
+    out.push({
+      path: formatKeyPath(issue.path),
+      message: missing ? 'required' : issue.message,
+      line: lineOf(doc, counter, issue.path),
+    });
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+function resolvePath(base: string, p: string): string {
+  return isAbsolute(p) ? p : resolve(base, p);
+}
+
+function resolveUnix(base: string, address: string): string {
+  return address.startsWith('unix:') ? `unix:${resolvePath(base, address.slice('unix:'.length))}` : address;
+}
+
+/** Validates an already-parsed config object (the YAML's data). Exported for tests and the CLI. */
+export async function validateConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv = process.env, doc?: Document, counter?: LineCounter): Promise<Config> {
+  const issues: ConfigIssue[] = [];
+  const substituted = substitute(raw ?? {}, env, [], issues);
+  if (issues.length > 0) throw new ConfigError(file, issues);
+
+  const parsed = configSchema.safeParse(substituted);
+  if (!parsed.success) {
+    throw new ConfigError(file, doc && counter ? zodIssues(parsed.error, doc, counter) : zodIssues(parsed.error, parseDocument(''), new LineCounter()));
+  }
+  const config = parsed.data;
+  const base = dirname(resolve(file));
+
+  config.listen = resolveUnix(base, config.listen);
+  config.admin.listen = resolveUnix(base, config.admin.listen);
+  config.upstream.url = resolveUnix(base, config.upstream.url);
+  config.authz.model = resolvePath(base, config.authz.model);
+  config.authz.policy = resolvePath(base, config.authz.policy);
+  const files: Array<[string, string]> = [
+    ['authz.model', config.authz.model],
+    ['authz.policy', config.authz.policy],
+  ];
+  config.authn.jwt.forEach((issuer, i) => {
+    if (issuer.jwksFile !== undefined) {
+      issuer.jwksFile = resolvePath(base, issuer.jwksFile);
+      files.push([`authn.jwt[${i}].jwksFile`, issuer.jwksFile]);
+    }
+  });
+  const seen = new Set<string>();
+  config.authn.jwt.forEach((issuer, i) => {
+    if (seen.has(issuer.issuer)) issues.push({ path: `authn.jwt[${i}].issuer`, message: 'this issuer is configured twice' });
+    seen.add(issuer.issuer);
+  });
+  for (const [key, path] of files) {
+    try {
+      await access(path, constants.R_OK);
+    } catch {
+      issues.push({ path: key, message: `cannot read file ${path}` });
+    }
+  }
+  if (issues.length > 0) throw new ConfigError(file, issues);
+  return deepFreeze(config);
+}
+
+export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '', message: `cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }]);
+  }
+  const counter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: counter, prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      file,
+      doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0] ?? e.code}`, line: e.linePos?.[0].line })),
+    );
+  }
+  return validateConfig(doc.toJS({ maxAliasCount: 100 }) as unknown, file, env, doc, counter);
+}

@@ -1,0 +1,133 @@
+/**
+ * The configuration schema (DESIGN.md §2). Every object is strict: an unknown key is an error, because a
+ * misspelt security setting silently ignored is a security bug. Defaults are filled here, once.
+ */
+import { z } from 'zod';
+import { ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_CLOCK_SKEW_SECONDS } from '../authn/jwt.js';
+import { parseListenAddress, parseUpstreamUrl } from './address.js';
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const CLAIM_PATH = /^[^.\s]+(\.[^.\s]+)*$/;
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+const headerName = z
+  .string()
+  .regex(HEADER_NAME, 'must be an HTTP header name')
+  .transform((s) => s.toLowerCase());
+
+const listenAddress = z.string().refine((s) => parseListenAddress(s) !== undefined, {
+  message: 'must be host:port or unix:/path.sock',
+});
+
+const algorithm = z.string().superRefine((alg, ctx) => {
+  if (alg.toLowerCase() === 'none') ctx.addIssue({ code: 'custom', message: '"none" is never allowed' });
+  else if (/^HS(256|384|512)$/.test(alg)) ctx.addIssue({ code: 'custom', message: `${alg} needs secretFile, which this version does not support` });
+  else if (!ASYMMETRIC_ALGORITHMS.includes(alg)) {
+    ctx.addIssue({ code: 'custom', message: `unsupported algorithm; use one of ${ASYMMETRIC_ALGORITHMS.join(', ')}` });
+  }
+});
+
+const jwksUri = z.string().superRefine((uri, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: 'must be an absolute URL' });
+    return;
+  }
+  // Keys fetched over plain HTTP can be swapped by anyone on the path; only loopback may use http.
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+    ctx.addIssue({ code: 'custom', message: 'must be an https URL (http only on loopback)' });
+  }
+});
+
+const jwtIssuer = z
+  .strictObject({
+    issuer: z.string().min(1),
+    audiences: z.array(z.string().min(1)).min(1, 'at least one audience is required'),
+    jwksUri: jwksUri.optional(),
+    jwksFile: z.string().min(1).optional(),
+    algorithms: z.array(algorithm).min(1).default([...DEFAULT_ALGORITHMS]),
+    clockSkewSeconds: z.number().int().min(0).max(300).default(DEFAULT_CLOCK_SKEW_SECONDS),
+    maxTokenAgeSeconds: z.number().int().min(0).default(0),
+  })
+  .superRefine((issuer, ctx) => {
+    const sources = [issuer.jwksUri, issuer.jwksFile].filter((s) => s !== undefined).length;
+    if (sources !== 1) ctx.addIssue({ code: 'custom', message: 'exactly one of jwksUri, jwksFile is required' });
+  });
+
+const tokenSource = z.strictObject({ header: headerName });
+
+const requestField = z
+  .string()
+  .regex(
+    /^(subject|path|method|host|peer|claim:[^\s]+|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$/,
+    'must be subject, path, method, host, peer, claim:<dotted.path> or header:<name>',
+  );
+
+export const configSchema = z.strictObject({
+  listen: listenAddress.default('0.0.0.0:8080'),
+  upstream: z.strictObject({
+    url: z.string().refine((s) => parseUpstreamUrl(s) !== undefined, {
+      message: 'must be http://host:port or unix:/path/app.sock',
+    }),
+    timeoutSeconds: z.number().positive().max(3600).default(30),
+    websockets: z.boolean().default(true),
+  }),
+  admin: z.strictObject({ listen: listenAddress.default('127.0.0.1:8081') }).prefault({}),
+  authn: z
+    .strictObject({
+      jwt: z.array(jwtIssuer).default([]),
+      tokenFrom: z.array(tokenSource).min(1).default([{ header: 'authorization' }]),
+    })
+    .prefault({}),
+  identity: z
+    .strictObject({
+      subjectClaim: z.union([z.string().regex(CLAIM_PATH), z.array(z.string().regex(CLAIM_PATH)).min(1)]).default('sub'),
+      rolesClaims: z.array(z.string().regex(CLAIM_PATH)).default(['roles', 'groups', 'realm_access.roles']),
+      scopesClaim: z.string().regex(CLAIM_PATH).default('scope'),
+      subjectPrefix: z.string().default('user:'),
+      rolePrefix: z.string().default('role:'),
+      anonymousSubject: z.string().min(1).default('anonymous'),
+    })
+    .prefault({})
+    .superRefine((identity, ctx) => {
+      if (identity.subjectPrefix === identity.rolePrefix) {
+        ctx.addIssue({ code: 'custom', path: ['rolePrefix'], message: 'must differ from subjectPrefix (users and roles share one Casbin namespace)' });
+      }
+      if (identity.anonymousSubject.startsWith(identity.subjectPrefix) || identity.anonymousSubject.startsWith(identity.rolePrefix)) {
+        ctx.addIssue({ code: 'custom', path: ['anonymousSubject'], message: 'must not start with subjectPrefix or rolePrefix' });
+      }
+    }),
+  authz: z.strictObject({
+    model: z.string().min(1),
+    policy: z.string().min(1),
+    request: z.array(requestField).min(1).default(['subject', 'path', 'method']),
+  }),
+  headers: z
+    .strictObject({
+      prefix: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]*$/, 'must be the start of an HTTP header name').default('x-auth-').transform((s) => s.toLowerCase()),
+      subject: headerName.default('x-auth-subject'),
+      issuer: headerName.default('x-auth-issuer'),
+      roles: headerName.default('x-auth-roles'),
+      scopes: headerName.default('x-auth-scopes'),
+      claims: z.record(headerName, z.string().regex(CLAIM_PATH, 'must be a dotted claim path')).default({}),
+      forwardToken: z.boolean().default(false),
+    })
+    .prefault({}),
+  paths: z
+    .strictObject({
+      encodedSlashes: z.enum(['reject', 'decode']).default('reject'),
+      semicolons: z.enum(['reject', 'keep']).default('reject'),
+    })
+    .prefault({}),
+  logging: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      decisions: z.enum(['none', 'denied', 'all']).default('denied'),
+    })
+    .prefault({}),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type JwtIssuerConfig = Config['authn']['jwt'][number];

@@ -1,0 +1,204 @@
+/**
+ * The reverse-proxy front door (`listen`): translates an HTTP request into a WireRequest, asks the engine,
+ * and either answers the deny itself or forwards the request with @fastify/http-proxy. Nothing about tokens
+ * or policies lives here.
+ *
+ * The canonical path is computed before routing (fastify's rewriteUrl) and becomes the request URL, so the
+ * router, the policy and the forwarded request all see the same path: a check on the raw URL followed by a
+ * proxy that folds `/./admin` later is the bypass this avoids.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import httpProxy from '@fastify/http-proxy';
+import type { ClientOptions } from 'ws';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { headerMap } from '../core/access-request.js';
+import type { CanonicalTarget } from '../core/canonical-path.js';
+import type { DecisionEngine } from '../core/decide.js';
+import { decisionProblem, type Decision } from '../core/decision.js';
+import { PROBLEM_CONTENT_TYPE, problemBody, REASONS, type ReasonCode } from '../core/errors.js';
+import type { UpstreamAddress } from '../config/address.js';
+import { logDecision, type DecisionLogLevel } from './decision-log.js';
+
+export interface ProxyOptions {
+  readonly engine: DecisionEngine;
+  readonly upstream: UpstreamAddress;
+  readonly timeoutSeconds: number;
+  readonly websockets: boolean;
+  readonly logger: FastifyBaseLogger;
+  readonly decisionLog: DecisionLogLevel;
+}
+
+/** Upstream keep-alive pool size; one sidecar fronts one local app. */
+export const UPSTREAM_CONNECTIONS = 128;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** Hop-by-hop and handshake headers that the WebSocket client sets itself (RFC 9110 §7.6.1, RFC 6455 §4.1). */
+const WS_OWN_HEADERS = new Set([
+  'host', 'connection', 'upgrade', 'content-length', 'transfer-encoding', 'keep-alive', 'proxy-connection', 'te', 'trailer',
+  'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions', 'sec-websocket-protocol', 'sec-websocket-accept',
+]);
+
+/** The part of a fastify reply the problem renderer needs (any raw server type). */
+interface ProblemReply<R> {
+  readonly request: { readonly id: string };
+  code(status: number): R;
+}
+interface ChainReply {
+  headers(values: Record<string, string>): ChainReply;
+  type(contentType: string): ChainReply;
+  send(payload: unknown): unknown;
+}
+
+export function sendProblem<R extends ChainReply>(
+  reply: ProblemReply<R>,
+  code: ReasonCode,
+  detail: string,
+  headers: Readonly<Record<string, string>> = {},
+): unknown {
+  return reply
+    .code(REASONS[code].status)
+    .headers(headers)
+    .type(PROBLEM_CONTENT_TYPE)
+    .send(problemBody(code, detail, reply.request.id));
+}
+
+function sendDecision(reply: FastifyReply, decision: Decision): unknown {
+  return reply.code(decision.status).headers(decision.responseHeaders).type(PROBLEM_CONTENT_TYPE).send(decisionProblem(decision));
+}
+
+/** The request id is taken from the client when it is a sane token (it goes into logs), else created. */
+export function requestIdOf(req: IncomingMessage): string {
+  const given = req.headers['x-request-id'];
+  return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+}
+
+export async function createProxyServer(options: ProxyOptions): Promise<FastifyInstance> {
+  const { engine, upstream } = options;
+  const canonical = new WeakMap<IncomingMessage, CanonicalTarget>();
+  const decisions = new WeakMap<object, Decision>();
+
+  const app = Fastify({
+    loggerInstance: options.logger,
+    logController: new LogController({ disableRequestLogging: true }),
+    requestIdHeader: false,
+    genReqId: requestIdOf,
+    return503OnClosing: true,
+    rewriteUrl(req): string {
+      const target = engine.canonicalize(req.method ?? 'GET', req.url ?? '');
+      if (target === undefined) return '/'; // rejected in onRequest with the reason from decide()
+      canonical.set(req, target);
+      return target.query === undefined ? target.path : `${target.path}?${target.query}`;
+    },
+  });
+
+  app.setErrorHandler((error: { statusCode?: number; code?: string }, request, reply) => {
+    const status = error.statusCode ?? 500;
+    if (status >= 400 && status < 500) return sendProblem(reply, 'BAD_REQUEST', 'the request could not be processed');
+    // Never a stack trace to clients; the log has the error (without headers: they may hold tokens).
+    request.log.error({ err: error, requestId: request.id }, 'unexpected error');
+    return sendProblem(reply, 'INTERNAL', 'internal error');
+  });
+  app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'NOT_FOUND', 'no route for this method'));
+
+  app.addHook('onRequest', async (request, reply) => {
+    const raw = request.raw;
+    // Spoofed identity headers are removed before anything else, on every route, WebSocket upgrades too.
+    for (const name of Object.keys(raw.headers)) {
+      if (engine.isClientIdentityHeader(name)) delete raw.headers[name];
+    }
+    const started = process.hrtime.bigint();
+    const decision = await engine.decide({
+      frontDoor: 'proxy',
+      method: raw.method ?? 'GET',
+      target: (raw as IncomingMessage & { originalUrl?: string }).originalUrl ?? raw.url ?? '',
+      canonical: canonical.get(raw),
+      host: raw.headers.host ?? '',
+      headers: headerMap(Object.entries(raw.headersDistinct)),
+      peer: '',
+      requestId: request.id,
+    });
+    logDecision(request.log, options.decisionLog, decision, started);
+    if (decision.outcome !== 'allow') {
+      sendDecision(reply, decision);
+      return reply;
+    }
+    decisions.set(request, decision);
+    return undefined;
+  });
+
+  /** Headers for the upstream request, HTTP and WebSocket alike: identity headers from the decision only. */
+  function upstreamHeaders(
+    request: { readonly id: string; readonly headers: Readonly<Record<string, string | string[] | undefined>> },
+    headers: Record<string, string | string[] | undefined>,
+  ): Record<string, string | string[] | undefined> {
+    const decision = decisions.get(request);
+    for (const name of Object.keys(headers)) {
+      if (engine.isClientIdentityHeader(name)) delete headers[name];
+    }
+    for (const name of engine.removeOnForward) delete headers[name];
+    if (decision !== undefined) Object.assign(headers, decision.upstreamHeaders);
+    headers['x-request-id'] = request.id;
+    const host = request.headers.host;
+    if (typeof host === 'string') headers['x-forwarded-host'] = host;
+    return headers;
+  }
+
+  const base = upstream.kind === 'unix' ? `unix+http://${encodeURIComponent(upstream.path)}/` : upstream.origin;
+  const timeoutMs = Math.round(options.timeoutSeconds * 1000);
+
+  const wsClientOptions = {
+    headers: {},
+    ...(upstream.kind === 'unix' ? { socketPath: upstream.path } : {}),
+    // @fastify/http-proxy applies replyOptions.rewriteRequestHeaders to HTTP only; WebSocket handshakes
+    // get the same treatment here, or they would reach the app without identity headers.
+    rewriteRequestHeaders: (_headers: Record<string, string>, request: FastifyRequest) => {
+      const copied: Record<string, string | string[] | undefined> = {};
+      for (const [name, value] of Object.entries(request.headers)) {
+        if (!WS_OWN_HEADERS.has(name)) copied[name] = value;
+      }
+      return upstreamHeaders(request, copied);
+    },
+  };
+  const websocketOptions = {
+    websocket: true as const,
+    ...(upstream.kind === 'unix' ? { wsUpstream: 'ws://localhost' } : {}),
+    // rewriteRequestHeaders is read at run time but missing from the plugin's ClientOptions type.
+    wsClientOptions: wsClientOptions as ClientOptions,
+  };
+
+  await app.register(httpProxy, {
+    upstream: base,
+    disableRequestLogging: true,
+    httpMethods: app.supportedMethods.filter((m) => m !== 'CONNECT'),
+    ...(options.websockets ? websocketOptions : { websocket: false as const }),
+    undici: {
+      connections: UPSTREAM_CONNECTIONS,
+      pipelining: 1,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+    },
+    // Forward the canonical path with the query exactly as received (no re-serialization).
+    handler(request, reply, dest, replyOptions) {
+      const query = decisions.get(request)?.request?.query;
+      return reply.from(dest, {
+        ...replyOptions,
+        queryString: () => query ?? '',
+      });
+    },
+    replyOptions: {
+      rewriteRequestHeaders: (request, headers) => upstreamHeaders(request, headers),
+      // A sidecar never retries on its own: the request may not be idempotent.
+      retryDelay: () => null,
+      onError(reply, { error }) {
+        const timedOut = (error as { statusCode?: number }).statusCode === 504;
+        reply.request.log.warn({ requestId: reply.request.id, upstreamError: (error as Error).message }, 'upstream request failed');
+        return sendProblem(
+          reply,
+          timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE',
+          timedOut ? 'the application did not answer in time' : 'the application is not reachable',
+        );
+      },
+    },
+  });
+  return app;
+}
