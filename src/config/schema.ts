@@ -15,7 +15,7 @@ const headerName = z
   .regex(HEADER_NAME, 'must be an HTTP header name')
   .transform((s) => s.toLowerCase());
 
-const listenAddress = z.string().refine((s) => parseListenAddress(s) !== undefined, {
+const listenAddress = z.string({ error: 'must be host:port or unix:/path.sock' }).refine((s) => parseListenAddress(s) !== undefined, {
   message: 'must be host:port or unix:/path.sock',
 });
 
