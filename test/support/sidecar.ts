@@ -22,7 +22,7 @@ export interface TestSidecar {
 }
 
 /** Writes `config` (a plain object; model/policy default to the example files) and starts the sidecar. */
-export async function startTestSidecar(config: Record<string, unknown>): Promise<TestSidecar> {
+export async function startTestSidecar(config: Record<string, unknown>, options: { now?: () => Date } = {}): Promise<TestSidecar> {
   const dir = await mkdtemp(join(tmpdir(), 'authz-sidecar-test-'));
   const full = {
     listen: '127.0.0.1:0',
@@ -33,7 +33,7 @@ export async function startTestSidecar(config: Record<string, unknown>): Promise
   };
   const file = join(dir, 'authz-sidecar.yaml');
   await writeFile(file, stringify(full));
-  const running = await startSidecar(await loadConfig(file), { file });
+  const running = await startSidecar(await loadConfig(file), { file, ...options });
   return {
     url: `http://${running.proxyAddress}`,
     adminUrl: `http://${running.adminAddress}`,

@@ -1,0 +1,222 @@
+/**
+ * The built CLI as a user runs it (a child process of bin/authz-sidecar.js, built by `npm test`'s
+ * pretest): exit codes, a real `serve` process, and the demo whose printed curl commands are run with
+ * the real curl binary and must give the statuses they promise.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
+import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
+
+const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
+
+interface Run {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
+  });
+}
+
+/** Starts a long-running command and resolves once stdout contains `marker`. */
+function start(args: string[], marker: string, timeoutMs = 20_000): Promise<{ child: ChildProcessWithoutNullStreams; output: () => string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args]);
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`no "${marker}" in time; output:\n${out}`)), timeoutMs);
+    const onData = (d: Buffer): void => {
+      out += d.toString();
+      if (out.includes(marker)) {
+        clearTimeout(timer);
+        resolvePromise({ child, output: () => out });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('close', (code) => reject(new Error(`exited ${code} before "${marker}":\n${out}`)));
+  });
+}
+
+function exited(child: ChildProcessWithoutNullStreams): Promise<number | null> {
+  return new Promise((r) => {
+    if (child.exitCode !== null) r(child.exitCode);
+    else child.once('exit', (code) => r(code));
+  });
+}
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'authz-cli-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('bad usage and bad config exit 2', () => {
+  it('names every bad key path', async () => {
+    const file = join(dir, 'bad.yaml');
+    await writeFile(
+      file,
+      stringify({
+        upstream: { url: 'http://127.0.0.1:3000', timeoutSecond: 5 },
+        authn: { jwt: [{ issuer: 'https://idp.example', jwksUri: 'https://idp.example/certs' }] },
+        authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
+        paths: { semicolons: 'allow' },
+      }),
+    );
+    const r = await run(['serve', '--config', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('upstream.timeoutSecond: unknown key');
+    expect(r.stderr).toContain('authn.jwt[0].audiences: required');
+    expect(r.stderr).toContain('paths.semicolons: Invalid option');
+    expect(r.stdout).toBe('');
+  });
+
+  it('exits 2 for a missing config file, a missing --config and an unknown command', async () => {
+    expect((await run(['serve', '--config', join(dir, 'nope.yaml')])).code).toBe(2);
+    const noConfig = await run(['serve'], { AUTHZ_SIDECAR_CONFIG: '' });
+    expect(noConfig.code).toBe(2);
+    expect(noConfig.stderr).toContain('serve needs --config FILE');
+    expect((await run(['frobnicate'])).code).toBe(2);
+    expect((await run(['serve', '--bogus'])).code).toBe(2);
+  });
+
+  it('exits 2 when the policy does not fit the model (authz.request arity)', async () => {
+    const file = join(dir, 'arity.yaml');
+    await writeFile(
+      file,
+      stringify({
+        upstream: { url: 'http://127.0.0.1:3000' },
+        authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY, request: ['subject', 'path'] },
+      }),
+    );
+    const r = await run(['serve', '--config', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('authz.request:');
+  });
+
+  it('prints help with exit 0', async () => {
+    const r = await run(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('authz-sidecar serve --config FILE');
+  });
+});
+
+describe('serve, as a process', () => {
+  let upstream: RecordingUpstream;
+  beforeAll(async () => {
+    upstream = await startRecordingUpstream();
+  });
+  afterAll(async () => {
+    await upstream.close();
+  });
+
+  it('serves from a JWKS file given through AUTHZ_SIDECAR_CONFIG and ${VAR}, and exits 0 on SIGTERM', async () => {
+    const { privateKey, publicKey } = await generateKeyPair('ES256');
+    await writeFile(join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const file = join(dir, 'serve.yaml');
+    await writeFile(
+      file,
+      stringify({
+        listen: `127.0.0.1:${port}`,
+        admin: { listen: `127.0.0.1:${adminPort}` },
+        upstream: { url: '${APP_URL}' },
+        authn: { jwt: [{ issuer: 'https://idp.test', audiences: ['orders-api'], jwksFile: './jwks.json', algorithms: ['ES256'] }] },
+        authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
+        logging: { level: 'info', decisions: 'all' },
+      }),
+    );
+    const child = spawn(process.execPath, [BIN, 'serve'], { env: { ...process.env, AUTHZ_SIDECAR_CONFIG: file, APP_URL: upstream.url } });
+    let logs = '';
+    child.stdout.on('data', (d: Buffer) => (logs += d.toString()));
+    try {
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const ok = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((r) => r.status === 200, () => false);
+        if (ok) break;
+        if (Date.now() > deadline) throw new Error(`not ready:\n${logs}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const token = await new SignJWT({ roles: ['reader'] })
+        .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+        .setIssuer('https://idp.test')
+        .setAudience('orders-api')
+        .setSubject('carol')
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(privateKey);
+      const res = await fetch(`http://127.0.0.1:${port}/orders/3`, { headers: { authorization: `Bearer ${token}` } });
+      expect(res.status).toBe(200);
+      expect(upstream.requests.at(-1)?.headers['x-auth-subject']).toBe('carol');
+      // Decision log lines are JSON and never carry the token.
+      expect(logs).toContain('"reason":"ALLOWED"');
+      expect(logs).not.toContain(token);
+      expect(logs).not.toContain(token.split('.')[2]);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited(child as ChildProcessWithoutNullStreams)).toBe(0);
+  });
+});
+
+describe('demo (what npm start runs)', () => {
+  it('prints curl commands that give the statuses they promise', async () => {
+    const ports = { proxy: await freePort(), admin: await freePort(), app: await freePort(), idp: await freePort() };
+    const example = await readFile(resolve(import.meta.dirname, '../../policies/authz-sidecar.yaml'), 'utf8');
+    const config = example
+      .replaceAll('127.0.0.1:8080', `127.0.0.1:${ports.proxy}`)
+      .replaceAll('127.0.0.1:8081', `127.0.0.1:${ports.admin}`)
+      .replaceAll('127.0.0.1:3000', `127.0.0.1:${ports.app}`)
+      .replaceAll('127.0.0.1:8090', `127.0.0.1:${ports.idp}`)
+      .replace('./model.conf', EXAMPLE_MODEL)
+      .replace('./policy.csv', EXAMPLE_POLICY);
+    const file = join(dir, 'demo.yaml');
+    await writeFile(file, config);
+
+    const { child, output } = await start(['demo', '--config', file], 'Press Ctrl+C to stop.');
+    try {
+      const text = output();
+      const exports = text.split('\n').filter((l) => l.startsWith('export '));
+      expect(exports).toHaveLength(2);
+      const commands = text
+        .split('\n')
+        .map((l) => /^\s+(curl .*?)\s+# (\d{3})\b/.exec(l))
+        .filter((m): m is RegExpExecArray => m !== null);
+      expect(commands.length).toBeGreaterThanOrEqual(6);
+      const statuses = new Set<string>();
+      for (const [, command = '', expected = ''] of commands) {
+        // Run the printed command as printed, with -s -o /dev/null -w to read the status.
+        const script = `${exports.join('\n')}\n${command.replace(/^curl -i/, "curl -s -o /dev/null -w '%{http_code}'")}`;
+        const r = await new Promise<Run>((res) => {
+          const sh = spawn('bash', ['-c', script]);
+          let stdout = '';
+          let stderr = '';
+          sh.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+          sh.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+          sh.on('close', (code) => res({ code, stdout, stderr }));
+        });
+        expect({ command, status: r.stdout }).toEqual({ command, status: expected });
+        statuses.add(expected);
+      }
+      expect([...statuses].sort()).toEqual(['200', '401', '403']);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited(child)).toBe(0);
+  });
+});
