@@ -161,7 +161,7 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
     enforcer = await newEnforcer(model);
     if (model.model.get('g')?.get('g') !== undefined) enforcer.setRoleManager(roleManager);
     // Policy lines are loaded through our own reader so that a read error is ours to report, not a crash.
-    await enforcer.setAdapter(new StringAdapter(policyText));
+    enforcer.setAdapter(new StringAdapter(policyText));
     await enforcer.loadPolicy();
   } catch (err) {
     if (err instanceof PolicyLoadError) throw err;

@@ -70,7 +70,7 @@ function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[],
 
 /** Finds the line of a key path in the YAML document, for error messages. */
 function lineOf(doc: Document, counter: LineCounter, path: readonly PropertyKey[]): number | undefined {
-  let node: Node | null | undefined = doc.contents as Node | null;
+  let node: Node | null | undefined = doc.contents;
   let line: number | undefined;
   for (const part of path) {
     if (isMap(node)) {

@@ -46,6 +46,7 @@ export interface DecisionEngine {
 
 /** RFC 7230 quoted-string content: no quote, backslash or control characters. */
 function quoted(value: string): string {
+  // eslint-disable-next-line no-control-regex -- removing control characters is the point
   return value.replace(/["\\\x00-\x1f\x7f-\uffff]/g, '');
 }
 

@@ -50,7 +50,7 @@ function encodeValue(value: string, inList: boolean): string | undefined {
 function renderClaim(value: ClaimValue): string | undefined {
   if (typeof value === 'string') return encodeValue(value, false);
   if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-  if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return renderList(value as string[]);
+  if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return renderList(value);
   if (value === null) return undefined;
   return encodeValue(JSON.stringify(value), false);
 }

@@ -53,7 +53,7 @@ function copyClaimValue(value: unknown, depth: number): ClaimValue | undefined {
 
 /** Reads a dotted claim path (`realm_access.roles`) through own properties only. */
 export function claimAt(claims: Readonly<Claims>, dottedPath: string): ClaimValue | undefined {
-  let current: ClaimValue | undefined = claims as Claims;
+  let current: ClaimValue | undefined = claims;
   for (const part of dottedPath.split('.')) {
     if (typeof current !== 'object' || current === null || Array.isArray(current)) return undefined;
     if (!Object.hasOwn(current, part)) return undefined;

@@ -9,6 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { connect as netConnect } from 'node:net';
 import httpProxy from '@fastify/http-proxy';
 import type { ClientOptions } from 'ws';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -32,6 +33,8 @@ export interface ProxyOptions {
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never relayed by a proxy. */
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
 /** Hop-by-hop and handshake headers that the WebSocket client sets itself (RFC 9110 §7.6.1, RFC 6455 §4.1). */
 const WS_OWN_HEADERS = new Set([
   'host', 'connection', 'upgrade', 'content-length', 'transfer-encoding', 'keep-alive', 'proxy-connection', 'te', 'trailer',
@@ -70,6 +73,16 @@ function sendDecision(reply: FastifyReply, decision: Decision): unknown {
 export function requestIdOf(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
   return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+}
+
+/** Removes hop-by-hop headers from an upstream response, including those its Connection header names. */
+function withoutHopByHop<T extends Record<string, unknown>>(headers: T): T {
+  const connection = headers['connection'];
+  if (typeof connection === 'string') {
+    for (const name of connection.split(',')) delete headers[name.trim().toLowerCase()];
+  }
+  for (const name of HOP_BY_HOP) delete headers[name];
+  return headers;
 }
 
 export async function createProxyServer(options: ProxyOptions): Promise<FastifyInstance> {
@@ -148,7 +161,8 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
 
   const wsClientOptions = {
     headers: {},
-    ...(upstream.kind === 'unix' ? { socketPath: upstream.path } : {}),
+    // ws ignores socketPath in options; a custom connection factory reaches a unix-socket upstream.
+    ...(upstream.kind === 'unix' ? { createConnection: () => netConnect(upstream.path) } : {}),
     // @fastify/http-proxy applies replyOptions.rewriteRequestHeaders to HTTP only; WebSocket handshakes
     // get the same treatment here, or they would reach the app without identity headers.
     rewriteRequestHeaders: (_headers: Record<string, string>, request: FastifyRequest) => {
@@ -186,12 +200,13 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
       });
     },
     replyOptions: {
+      rewriteHeaders: (headers) => withoutHopByHop(headers),
       rewriteRequestHeaders: (request, headers) => upstreamHeaders(request, headers),
       // A sidecar never retries on its own: the request may not be idempotent.
       retryDelay: () => null,
       onError(reply, { error }) {
         const timedOut = (error as { statusCode?: number }).statusCode === 504;
-        reply.request.log.warn({ requestId: reply.request.id, upstreamError: (error as Error).message }, 'upstream request failed');
+        reply.request.log.warn({ requestId: reply.request.id, upstreamError: (error).message }, 'upstream request failed');
         return sendProblem(
           reply,
           timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE',

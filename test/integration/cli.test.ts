@@ -170,7 +170,7 @@ describe('serve, as a process', () => {
     } finally {
       child.kill('SIGTERM');
     }
-    expect(await exited(child as ChildProcessWithoutNullStreams)).toBe(0);
+    expect(await exited(child)).toBe(0);
   });
 });
 
