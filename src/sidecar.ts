@@ -53,7 +53,7 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
     });
   } catch (err) {
     if (!(err instanceof PolicyLoadError)) throw err;
-    issues.push({ path: err.message.includes('authz.request') ? 'authz.request' : `authz.${err.file}`, message: err.message });
+    issues.push({ path: err.configKey, message: err.message });
   }
   if (issues.length > 0 || authorizer === undefined) throw new ConfigError(file, issues);
 

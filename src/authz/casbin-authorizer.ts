@@ -34,15 +34,18 @@ export interface CasbinAuthorizer extends Authorizer {
   readonly sha256: string;
 }
 
-/** Where a loading problem is: which file, so the config error can name it. */
+/** Where a loading problem is (which file, which config key), so the config error can name it. */
 export class PolicyLoadError extends Error {
+  readonly configKey: 'authz.model' | 'authz.policy' | 'authz.request';
+
   constructor(
     readonly file: 'model' | 'policy',
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; configKey?: 'authz.request' },
   ) {
     super(message, options);
     this.name = 'PolicyLoadError';
+    this.configKey = options?.configKey ?? `authz.${file}`;
   }
 }
 
@@ -156,6 +159,7 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
       throw new PolicyLoadError(
         'model',
         `the model's request_definition has ${arity ?? 0} fields but authz.request has ${fields.length}`,
+        { configKey: 'authz.request' },
       );
     }
     enforcer = await newEnforcer(model);

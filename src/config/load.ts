@@ -89,13 +89,13 @@ function lineOf(doc: Document, counter: LineCounter, path: readonly PropertyKey[
   return line;
 }
 
-function zodIssues(error: z.ZodError, doc: Document, counter: LineCounter): ConfigIssue[] {
+function zodIssues(error: z.ZodError, lineAt: (path: readonly PropertyKey[]) => number | undefined): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
       for (const key of issue.keys) {
         const path = [...issue.path, key];
-        out.push({ path: formatKeyPath(path), message: 'unknown key', line: lineOf(doc, counter, path) });
+        out.push({ path: formatKeyPath(path), message: 'unknown key', line: lineAt(path) });
       }
       continue;
     }
@@ -103,7 +103,7 @@ function zodIssues(error: z.ZodError, doc: Document, counter: LineCounter): Conf
     out.push({
       path: formatKeyPath(issue.path),
       message: missing ? 'required' : issue.message,
-      line: lineOf(doc, counter, issue.path),
+      line: lineAt(issue.path),
     });
   }
   return out;
@@ -125,15 +125,23 @@ function resolveUnix(base: string, address: string): string {
   return address.startsWith('unix:') ? `unix:${resolvePath(base, address.slice('unix:'.length))}` : address;
 }
 
-/** Validates an already-parsed config object (the YAML's data). Exported for tests and the CLI. */
-export async function validateConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv = process.env, doc?: Document, counter?: LineCounter): Promise<Config> {
+/**
+ * Validates an already-parsed config object (the YAML's data). `lineAt` maps a key path to its line in the
+ * source, when there is one.
+ */
+export async function validateConfig(
+  raw: unknown,
+  file: string,
+  env: NodeJS.ProcessEnv = process.env,
+  lineAt: (path: readonly PropertyKey[]) => number | undefined = () => undefined,
+): Promise<Config> {
   const issues: ConfigIssue[] = [];
   const substituted = substitute(raw ?? {}, env, [], issues);
   if (issues.length > 0) throw new ConfigError(file, issues);
 
   const parsed = configSchema.safeParse(substituted);
   if (!parsed.success) {
-    throw new ConfigError(file, doc && counter ? zodIssues(parsed.error, doc, counter) : zodIssues(parsed.error, parseDocument(''), new LineCounter()));
+    throw new ConfigError(file, zodIssues(parsed.error, lineAt));
   }
   const config = parsed.data;
   const base = dirname(resolve(file));
@@ -184,5 +192,5 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.
       doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0] ?? e.code}`, line: e.linePos?.[0].line })),
     );
   }
-  return validateConfig(doc.toJS({ maxAliasCount: 100 }) as unknown, file, env, doc, counter);
+  return validateConfig(doc.toJS({ maxAliasCount: 100 }) as unknown, file, env, (path) => lineOf(doc, counter, path));
 }
