@@ -6,31 +6,17 @@
  * `none`, and embedded keys (`jwk`, `jku`, `x5u`, `x5c`) are never used: keys come only from configuration.
  */
 import { readFile } from 'node:fs/promises';
-import {
-  createLocalJWKSet,
-  createRemoteJWKSet,
-  decodeJwt,
-  errors,
-  jwtVerify,
-  type JSONWebKeySet,
-  type JWTVerifyGetKey,
-  type RemoteJWKSet,
-} from 'jose';
+import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { copyClaims } from '../core/identity.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { Authenticator, AuthnResult } from '../core/stages.js';
+import { createRemoteKeySource, KeysUnavailableError, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
 
 export const DEFAULT_ALGORITHMS = Object.freeze(['RS256', 'PS256', 'ES256', 'EdDSA']);
 export const ASYMMETRIC_ALGORITHMS = Object.freeze([
   'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519',
 ]);
 export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
-/** jose's remote JWKS: fetch timeout, minimum time between refetches on an unknown `kid`, cache age. */
-export const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
-export const DEFAULT_JWKS_COOLDOWN_MS = 30_000;
-export const DEFAULT_JWKS_CACHE_MAX_AGE_MS = 600_000;
-/** Retry delay for the first fetch of a remote JWKS until it succeeds (readiness waits for it). */
-export const JWKS_INITIAL_RETRY_MS = 2_000;
 
 export interface JwtIssuerOptions {
   readonly issuer: string;
@@ -48,7 +34,10 @@ export interface JwtIssuerOptions {
 export interface JwtAuthenticatorOptions {
   /** Injected clock for tests; default the system clock. */
   readonly now?: () => Date;
+  /** Fetch timeout of remote JWKS (default 5 s). */
   readonly jwksTimeoutMs?: number;
+  /** Timing of remote JWKS: cooldown between refetches on an unknown kid, background refresh. */
+  readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'timeoutMs'>;
 }
 
 interface IssuerState {
@@ -58,7 +47,7 @@ interface IssuerState {
   readonly clockSkewSeconds: number;
   readonly maxTokenAgeSeconds: number;
   readonly keys: JWTVerifyGetKey;
-  readonly remote: RemoteJWKSet | undefined;
+  readonly remote: KeySource | undefined;
 }
 
 const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
@@ -115,19 +104,14 @@ function classify(err: unknown): { reason: ReasonCode; detail: string } {
   if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) {
     return { reason: 'TOKEN_INVALID', detail: 'no single key of the issuer matches the token' };
   }
-  if (err instanceof errors.JWKSTimeout || err instanceof errors.JWKSInvalid) {
-    return { reason: 'KEYS_UNAVAILABLE', detail: 'the keys of the token issuer are unavailable' };
-  }
-  if (err instanceof errors.JOSEError) return { reason: 'TOKEN_INVALID', detail: 'the token is malformed or unsupported' };
-  // Anything else comes from fetching keys (network errors, HTTP errors): the IdP is unreachable.
-  return { reason: 'KEYS_UNAVAILABLE', detail: 'the keys of the token issuer are unavailable' };
+  if (err instanceof KeysUnavailableError) return { reason: 'KEYS_UNAVAILABLE', detail: 'the keys of the token issuer are unavailable' };
+  // Anything else is jose refusing the token itself (malformed, unsupported header, `crit`, `b64`).
+  return { reason: 'TOKEN_INVALID', detail: 'the token is malformed or unsupported' };
 }
 
 export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], options: JwtAuthenticatorOptions = {}): Authenticator {
   const now = options.now ?? (() => new Date());
   const byIssuer = new Map<string, IssuerState>();
-  const timers = new Set<NodeJS.Timeout>();
-  let closed = false;
 
   for (const o of issuers) {
     checkOptions(o);
@@ -135,12 +119,11 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     const remote =
       o.jwksUri === undefined
         ? undefined
-        : createRemoteJWKSet(new URL(o.jwksUri), {
-            timeoutDuration: options.jwksTimeoutMs ?? DEFAULT_JWKS_TIMEOUT_MS,
-            cooldownDuration: DEFAULT_JWKS_COOLDOWN_MS,
-            cacheMaxAge: DEFAULT_JWKS_CACHE_MAX_AGE_MS,
+        : createRemoteKeySource(new URL(o.jwksUri), {
+            ...options.jwks,
+            ...(options.jwksTimeoutMs === undefined ? {} : { timeoutMs: options.jwksTimeoutMs }),
           });
-    const keys: JWTVerifyGetKey = remote ?? createLocalJWKSet(o.jwks as JSONWebKeySet);
+    const keys: JWTVerifyGetKey = remote?.getKey ?? createLocalJWKSet(o.jwks as JSONWebKeySet);
     byIssuer.set(o.issuer, {
       issuer: o.issuer,
       audiences: [...o.audiences],
@@ -151,20 +134,6 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       remote,
     });
   }
-
-  // Fetch remote keys at startup, not on the first request; retry until they arrive (readiness waits).
-  function loadInitially(remote: RemoteJWKSet): void {
-    remote.reload().catch(() => {
-      if (closed) return;
-      const timer = setTimeout(() => {
-        timers.delete(timer);
-        if (remote.jwks() === undefined) loadInitially(remote);
-      }, JWKS_INITIAL_RETRY_MS);
-      timer.unref();
-      timers.add(timer);
-    });
-  }
-  for (const state of byIssuer.values()) if (state.remote) loadInitially(state.remote);
 
   async function authenticate(token: string): Promise<AuthnResult> {
     if (!JWS_COMPACT.test(token)) return { kind: 'notMine' };
@@ -203,14 +172,12 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     missing(): readonly string[] {
       const out: string[] = [];
       for (const state of byIssuer.values()) {
-        if (state.remote && state.remote.jwks() === undefined) out.push(`keys of issuer ${state.issuer}`);
+        if (state.remote && !state.remote.ready()) out.push(`keys of issuer ${state.issuer}`);
       }
       return out;
     },
     close(): void {
-      closed = true;
-      for (const timer of timers) clearTimeout(timer);
-      timers.clear();
+      for (const state of byIssuer.values()) state.remote?.close();
     },
   };
 }

@@ -100,8 +100,10 @@ export function createIdentityHeaders(options: IdentityHeaderOptions): IdentityH
       for (const [header, path] of claimHeaders) {
         const value = claimAt(identity.claims, path);
         if (value === undefined) continue;
+        if (value === null) continue;
         const rendered = renderClaim(value);
-        if (rendered === undefined) continue;
+        // A claim the operator asked for that cannot be rendered safely fails the identity, like the subject.
+        if (rendered === undefined) return undefined;
         headers[header] = rendered;
       }
       return headers;

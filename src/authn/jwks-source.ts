@@ -1,0 +1,163 @@
+/**
+ * A remote JWKS that keeps serving when the IdP blinks (Istio #37456) and picks up rotated keys (Istio
+ * #41588, Envoy #39643). jose's createRemoteJWKSet fails every request once its cache is stale and the
+ * endpoint is down; this source keeps the last good key set until a fetch brings a better one:
+ *
+ * - keys are fetched at start (readiness waits for them) and refreshed in the background every `refreshMs`;
+ * - a token with an unknown `kid` triggers a refetch, at most one per `cooldownMs`, and concurrent misses
+ *   share that one fetch;
+ * - a fetch that fails, times out, is too large or answers something that is not a usable JWKS is counted
+ *   and ignored: the last good keys keep serving;
+ * - key selection itself is jose's createLocalJWKSet (kid, alg, use, key_ops, exactly one match).
+ */
+import {
+  createLocalJWKSet,
+  errors,
+  type CompactJWSHeaderParameters,
+  type FlattenedJWSInput,
+  type JSONWebKeySet,
+  type JWTVerifyGetKey,
+} from 'jose';
+
+export const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
+export const DEFAULT_JWKS_COOLDOWN_MS = 30_000;
+export const DEFAULT_JWKS_REFRESH_MS = 600_000;
+/** A JWKS is a few KiB; anything this large is not one. */
+export const MAX_JWKS_BYTES = 512 * 1024;
+/** Retry delay while no key set was ever fetched. */
+export const JWKS_INITIAL_RETRY_MS = 2_000;
+
+export type FetchResult = 'success' | 'error';
+
+export interface RemoteKeySourceOptions {
+  readonly timeoutMs?: number;
+  readonly cooldownMs?: number;
+  readonly refreshMs?: number;
+  readonly maxBytes?: number;
+  readonly now?: () => number;
+  /** Called after every fetch, for metrics and logs. */
+  readonly onFetch?: (result: FetchResult, error?: Error) => void;
+}
+
+export interface KeySource {
+  readonly getKey: JWTVerifyGetKey;
+  /** True once a key set is available. */
+  ready(): boolean;
+  close(): void;
+}
+
+/** No key set was ever fetched: the IdP is unreachable. Verification maps this to 503, never to allow. */
+export class KeysUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KeysUnavailableError';
+  }
+}
+
+/** Reads a response body up to `maxBytes`, failing beyond it rather than buffering without bound. */
+async function readLimited(response: Response, maxBytes: number): Promise<string> {
+  const declared = Number(response.headers.get('content-length') ?? '0');
+  if (declared > maxBytes) throw new Error(`JWKS response larger than ${maxBytes} bytes`);
+  if (response.body === null) return '';
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel();
+      throw new Error(`JWKS response larger than ${maxBytes} bytes`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Fetches and checks one JWKS document; throws on anything that is not a usable key set. */
+export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): Promise<{ jwks: JSONWebKeySet; keys: JWTVerifyGetKey }> {
+  const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'error', headers: { accept: 'application/json' } });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    throw new Error(`JWKS endpoint answered HTTP ${response.status}`);
+  }
+  const parsed = JSON.parse(await readLimited(response, maxBytes)) as unknown;
+  if (typeof parsed !== 'object' || parsed === null || !Array.isArray((parsed as { keys?: unknown }).keys)) {
+    throw new Error('JWKS endpoint answered something that is not a JWKS');
+  }
+  const jwks = parsed as JSONWebKeySet;
+  if (jwks.keys.length === 0) throw new Error('JWKS endpoint answered an empty key set');
+  return { jwks, keys: createLocalJWKSet(jwks) };
+}
+
+export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions = {}): KeySource {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_JWKS_TIMEOUT_MS;
+  const cooldownMs = options.cooldownMs ?? DEFAULT_JWKS_COOLDOWN_MS;
+  const refreshMs = options.refreshMs ?? DEFAULT_JWKS_REFRESH_MS;
+  const maxBytes = options.maxBytes ?? MAX_JWKS_BYTES;
+  const now = options.now ?? Date.now;
+  if (!(timeoutMs > 0 && cooldownMs >= 0 && refreshMs > 0 && maxBytes > 0)) throw new TypeError('invalid JWKS timing options');
+
+  let local: JWTVerifyGetKey | undefined;
+  let lastSuccess = -Infinity;
+  let lastAttempt = -Infinity;
+  let pending: Promise<void> | undefined;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let closed = false;
+
+  function refresh(): Promise<void> {
+    pending ??= fetchJwks(url, timeoutMs, maxBytes)
+      .then(
+        ({ keys }) => {
+          local = keys;
+          lastSuccess = now();
+          options.onFetch?.('success');
+        },
+        (err: unknown) => {
+          options.onFetch?.('error', err instanceof Error ? err : new Error(String(err)));
+        },
+      )
+      .finally(() => {
+        lastAttempt = now();
+        pending = undefined;
+      });
+    return pending;
+  }
+
+  function loadUntilReady(): void {
+    void refresh().then(() => {
+      if (local !== undefined || closed) return;
+      retryTimer = setTimeout(loadUntilReady, JWKS_INITIAL_RETRY_MS);
+      retryTimer.unref();
+    });
+  }
+  loadUntilReady();
+
+  async function getKey(header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
+    if (local === undefined) await refresh();
+    const current = local;
+    if (current === undefined) throw new KeysUnavailableError(`no keys could be fetched from ${url.href}`);
+    // Stale keys are refreshed in the background; this request is served with what we have.
+    if (now() - lastSuccess >= refreshMs && pending === undefined) void refresh();
+    try {
+      return await current(header, token);
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
+      // An unknown kid may be a rotated key: refetch, at most once per cooldown, shared by concurrent misses.
+      if (pending === undefined && now() - lastAttempt < cooldownMs) throw err;
+      await refresh();
+      if (local === undefined || local === current) throw err;
+      return local(header, token);
+    }
+  }
+
+  return {
+    getKey,
+    ready: () => local !== undefined,
+    close(): void {
+      closed = true;
+      if (retryTimer !== undefined) clearTimeout(retryTimer);
+    },
+  };
+}

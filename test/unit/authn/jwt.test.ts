@@ -1,0 +1,354 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { CompactSign, exportJWK, exportSPKI, generateKeyPair, SignJWT, type CryptoKey, type JWK, type JWTPayload } from 'jose';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createJwtAuthenticator, type JwtIssuerOptions } from '../../../src/authn/jwt.js';
+import type { ReasonCode } from '../../../src/core/errors.js';
+import type { Authenticator, AuthnResult } from '../../../src/core/stages.js';
+
+const ISSUER = 'https://idp.example.com/realms/demo';
+const OTHER_ISSUER = 'https://other-idp.example.com';
+const UNKNOWN_ISSUER = 'https://unknown.example.com';
+const AUDIENCE = 'orders-api';
+const NOW = new Date('2030-01-01T00:00:00Z');
+const NOW_S = Math.floor(NOW.getTime() / 1000);
+const clock = { now: (): Date => NOW };
+
+interface TestKey {
+  readonly kid: string;
+  readonly alg: string;
+  readonly privateKey: CryptoKey;
+  readonly publicKey: CryptoKey;
+  readonly jwk: JWK;
+}
+
+async function testKey(alg: 'RS256' | 'ES256', kid: string): Promise<TestKey> {
+  const { publicKey, privateKey } = await generateKeyPair(alg);
+  const jwk: JWK = { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' };
+  return { kid, alg, privateKey, publicKey, jwk };
+}
+
+const RSA = await testKey('RS256', 'rsa-1');
+/** Another RSA key published under the same kid: its signatures must not verify. */
+const IMPOSTOR = await testKey('RS256', 'rsa-1');
+const EC = await testKey('ES256', 'ec-1');
+/** Two issuers, each with its own key, both under the kid "shared". */
+const KEY_A = await testKey('RS256', 'shared');
+const KEY_B = await testKey('RS256', 'shared');
+const KEY_A_ONLY = await testKey('RS256', 'a-only');
+
+function baseClaims(overrides: Record<string, unknown> = {}): JWTPayload {
+  const claims: Record<string, unknown> = { iss: ISSUER, aud: AUDIENCE, sub: 'alice', iat: NOW_S, exp: NOW_S + 300 };
+  for (const [name, value] of Object.entries(overrides)) {
+    if (value === undefined) delete claims[name];
+    else claims[name] = value;
+  }
+  return claims;
+}
+
+async function sign(key: TestKey, claims: JWTPayload, header: Record<string, unknown> = {}): Promise<string> {
+  return new SignJWT(claims).setProtectedHeader({ alg: key.alg, kid: key.kid, ...header }).sign(key.privateKey);
+}
+
+function b64url(text: string): string {
+  return Buffer.from(text, 'utf8').toString('base64url');
+}
+
+const open: Authenticator[] = [];
+afterEach(() => {
+  for (const a of open.splice(0)) a.close();
+});
+
+function authenticator(issuers: readonly JwtIssuerOptions[], options: Parameters<typeof createJwtAuthenticator>[1] = clock): Authenticator {
+  const a = createJwtAuthenticator(issuers, options);
+  open.push(a);
+  return a;
+}
+
+function issuer(overrides: Partial<JwtIssuerOptions> = {}): JwtIssuerOptions {
+  return { issuer: ISSUER, audiences: [AUDIENCE], jwks: { keys: [RSA.jwk, EC.jwk] }, clockSkewSeconds: 30, ...overrides };
+}
+
+/** 'ok' = authenticated, 'notMine', or the reason of a failure. */
+function verdict(result: AuthnResult): 'ok' | 'notMine' | ReasonCode {
+  if (result.kind === 'authenticated') return 'ok';
+  if (result.kind === 'notMine') return 'notMine';
+  return result.reason;
+}
+
+describe('createJwtAuthenticator: claims', () => {
+  it('authenticates a valid token with its issuer and null-prototype claims', async () => {
+    const a = authenticator([issuer()]);
+    const result = await a.authenticate(await sign(RSA, baseClaims({ roles: ['reader'], realm_access: { roles: ['x'] } })));
+    expect(result.kind).toBe('authenticated');
+    if (result.kind !== 'authenticated') return;
+    expect(result.issuer).toBe(ISSUER);
+    expect(Object.getPrototypeOf(result.claims)).toBeNull();
+    expect(Object.getPrototypeOf(result.claims.realm_access)).toBeNull();
+    expect(result.claims).toEqual({ iss: ISSUER, aud: AUDIENCE, sub: 'alice', iat: NOW_S, exp: NOW_S + 300, roles: ['reader'], realm_access: { roles: ['x'] } });
+    expect(a.missing()).toEqual([]);
+  });
+
+  it('keeps a "__proto__" claim as plain data', async () => {
+    const payload = JSON.stringify(baseClaims()).replace(/}$/, ',"__proto__":{"isAdmin":true}}');
+    const token = await new CompactSign(new TextEncoder().encode(payload))
+      .setProtectedHeader({ alg: 'RS256', kid: RSA.kid })
+      .sign(RSA.privateKey);
+    const result = await authenticator([issuer()]).authenticate(token);
+    expect(result.kind).toBe('authenticated');
+    if (result.kind !== 'authenticated') return;
+    expect(Object.getPrototypeOf(result.claims)).toBeNull();
+    expect(Object.hasOwn(result.claims, '__proto__')).toBe(true);
+    expect(result.claims.isAdmin).toBeUndefined();
+    expect(Object.hasOwn(Object.prototype, 'isAdmin')).toBe(false);
+  });
+
+  const cases: Array<{ name: string; claims: Record<string, unknown>; issuer?: Partial<JwtIssuerOptions>; expected: 'ok' | 'notMine' | ReasonCode }> = [
+    { name: 'valid token', claims: {}, expected: 'ok' },
+    { name: 'token of an unconfigured issuer is not mine', claims: { iss: UNKNOWN_ISSUER }, expected: 'notMine' },
+    { name: 'token without iss is not mine', claims: { iss: undefined }, expected: 'notMine' },
+    { name: 'expired beyond the clock skew', claims: { iat: NOW_S - 600, exp: NOW_S - 31 }, expected: 'TOKEN_EXPIRED' },
+    { name: 'expired but within the clock skew', claims: { iat: NOW_S - 600, exp: NOW_S - 20 }, expected: 'ok' },
+    { name: 'expired with zero skew', claims: { exp: NOW_S - 1 }, issuer: { clockSkewSeconds: 0 }, expected: 'TOKEN_EXPIRED' },
+    { name: 'missing exp', claims: { exp: undefined }, expected: 'TOKEN_CLAIMS' },
+    { name: 'exp not a number', claims: { exp: 'tomorrow' }, expected: 'TOKEN_CLAIMS' },
+    { name: 'wrong audience', claims: { aud: 'billing-api' }, expected: 'TOKEN_AUDIENCE' },
+    { name: 'missing audience', claims: { aud: undefined }, expected: 'TOKEN_AUDIENCE' },
+    { name: 'aud array containing a configured audience', claims: { aud: ['billing-api', AUDIENCE] }, expected: 'ok' },
+    { name: 'aud array without a configured audience', claims: { aud: ['billing-api', 'other'] }, expected: 'TOKEN_AUDIENCE' },
+    { name: 'second configured audience', claims: { aud: 'admin-api' }, issuer: { audiences: [AUDIENCE, 'admin-api'] }, expected: 'ok' },
+    { name: 'nbf in the future beyond skew', claims: { nbf: NOW_S + 31 }, expected: 'TOKEN_CLAIMS' },
+    { name: 'nbf in the future within skew', claims: { nbf: NOW_S + 20 }, expected: 'ok' },
+    { name: 'iat in the future beyond skew', claims: { iat: NOW_S + 31 }, expected: 'TOKEN_CLAIMS' },
+    { name: 'iat not a number', claims: { iat: 'yesterday' }, expected: 'TOKEN_CLAIMS' },
+    { name: 'iat in the future within skew', claims: { iat: NOW_S + 20 }, expected: 'ok' },
+    { name: 'iat in the future beyond skew with maxTokenAge', claims: { iat: NOW_S + 31 }, issuer: { maxTokenAgeSeconds: 600 }, expected: 'TOKEN_CLAIMS' },
+    { name: 'maxTokenAgeSeconds exceeded', claims: { iat: NOW_S - 700 }, issuer: { maxTokenAgeSeconds: 600 }, expected: 'TOKEN_EXPIRED' },
+    { name: 'maxTokenAgeSeconds exceeded but within skew', claims: { iat: NOW_S - 620 }, issuer: { maxTokenAgeSeconds: 600 }, expected: 'ok' },
+    { name: 'maxTokenAgeSeconds set and iat missing', claims: { iat: undefined }, issuer: { maxTokenAgeSeconds: 600 }, expected: 'TOKEN_CLAIMS' },
+    { name: 'old token without maxTokenAge', claims: { iat: NOW_S - 86_400 * 365 }, expected: 'ok' },
+  ];
+  it.each(cases)('$name -> $expected', async ({ claims, issuer: overrides, expected }) => {
+    const a = authenticator([issuer(overrides)]);
+    expect(verdict(await a.authenticate(await sign(RSA, baseClaims(claims))))).toBe(expected);
+  });
+
+  it('uses the injected clock, not the system clock', async () => {
+    // Valid at the injected 2030 clock; an hour later on another injected clock it has expired.
+    const token = await sign(RSA, baseClaims({ iat: NOW_S - 60, exp: NOW_S + 60 }));
+    expect(verdict(await authenticator([issuer()]).authenticate(token))).toBe('ok');
+    const later = authenticator([issuer()], { now: () => new Date((NOW_S + 3600) * 1000) });
+    expect(verdict(await later.authenticate(token))).toBe('TOKEN_EXPIRED');
+  });
+});
+
+describe('createJwtAuthenticator: not mine', () => {
+  const tokens: Array<[name: string, token: string]> = [
+    ['opaque token', 'c2b1f0a8e4d94f4b9b7e3e1d2a6c0f11'],
+    ['two segments', 'abc.def'],
+    ['four segments', 'a.b.c.d'],
+    ['JWE-shaped (five segments)', 'a.b.c.d.e'],
+    ['three segments, payload not JSON', `${b64url('{"alg":"RS256"}')}.${b64url('not json')}.sig`],
+    ['characters outside base64url', 'a+b.c/d.e='],
+  ];
+  it.each(tokens)('%s', async (_name, token) => {
+    expect(await authenticator([issuer()]).authenticate(token)).toEqual({ kind: 'notMine' });
+  });
+});
+
+describe('createJwtAuthenticator: signatures and algorithms', () => {
+  it('rejects a token signed by another key under the same kid', async () => {
+    const result = await authenticator([issuer()]).authenticate(await sign(IMPOSTOR, baseClaims()));
+    expect(verdict(result)).toBe('TOKEN_INVALID');
+  });
+
+  it('rejects a token whose kid is not in the JWKS', async () => {
+    const token = await sign(RSA, baseClaims(), { kid: 'unknown-kid' });
+    expect(verdict(await authenticator([issuer()]).authenticate(token))).toBe('TOKEN_INVALID');
+  });
+
+  it('rejects a token with a tampered payload', async () => {
+    const [h, , s] = (await sign(RSA, baseClaims())).split('.');
+    const forged = `${h}.${b64url(JSON.stringify(baseClaims({ sub: 'admin' })))}.${s}`;
+    expect(verdict(await authenticator([issuer()]).authenticate(forged))).toBe('TOKEN_INVALID');
+  });
+
+  it('rejects an algorithm outside the allow-list even when the key is in the JWKS', async () => {
+    const a = authenticator([issuer({ algorithms: ['RS256'] })]);
+    expect(verdict(await a.authenticate(await sign(EC, baseClaims())))).toBe('TOKEN_INVALID');
+    // Control: the same token passes when ES256 is allowed.
+    const b = authenticator([issuer({ algorithms: ['RS256', 'ES256'] })]);
+    expect(verdict(await b.authenticate(await sign(EC, baseClaims())))).toBe('ok');
+  });
+
+  const unsecured: Array<[name: string, header: Record<string, unknown>, overrides?: Partial<JwtIssuerOptions>]> = [
+    ['alg none, default algorithms', { alg: 'none' }],
+    ['alg none with typ', { alg: 'none', typ: 'JWT' }],
+    ['alg None (other case)', { alg: 'None' }],
+    ['alg none with an existing kid', { alg: 'none', kid: RSA.kid }, { algorithms: ['RS256'] }],
+  ];
+  it.each(unsecured)('rejects an unsecured JWT: %s', async (_name, header, overrides) => {
+    const token = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(baseClaims()))}.`;
+    expect(verdict(await authenticator([issuer(overrides)]).authenticate(token))).toBe('TOKEN_INVALID');
+  });
+
+  it.each([
+    ['default algorithms', undefined],
+    ['RS256 only', ['RS256']],
+  ])('rejects HS256 signed with the RSA public key bytes (%s)', async (_name, algorithms) => {
+    const secret = new TextEncoder().encode(await exportSPKI(RSA.publicKey));
+    const token = await new SignJWT(baseClaims()).setProtectedHeader({ alg: 'HS256', kid: RSA.kid }).sign(secret);
+    const a = authenticator([issuer(algorithms === undefined ? {} : { algorithms })]);
+    expect(verdict(await a.authenticate(token))).toBe('TOKEN_INVALID');
+  });
+
+  it('never uses a key embedded in the token header (jwk)', async () => {
+    const attacker = await testKey('RS256', 'attacker');
+    const token = await new SignJWT(baseClaims())
+      .setProtectedHeader({ alg: 'RS256', jwk: await exportJWK(attacker.publicKey) })
+      .sign(attacker.privateKey);
+    expect(verdict(await authenticator([issuer({ jwks: { keys: [RSA.jwk] } })]).authenticate(token))).toBe('TOKEN_INVALID');
+  });
+});
+
+describe('createJwtAuthenticator: issuers are isolated', () => {
+  const twoIssuers = (): JwtIssuerOptions[] => [
+    { issuer: ISSUER, audiences: [AUDIENCE], jwks: { keys: [KEY_A.jwk, KEY_A_ONLY.jwk] } },
+    { issuer: OTHER_ISSUER, audiences: [AUDIENCE], jwks: { keys: [KEY_B.jwk] } },
+  ];
+
+  it('verifies each issuer with its own keys', async () => {
+    const a = authenticator(twoIssuers());
+    const fromA = await a.authenticate(await sign(KEY_A, baseClaims()));
+    const fromB = await a.authenticate(await sign(KEY_B, baseClaims({ iss: OTHER_ISSUER })));
+    expect(fromA.kind === 'authenticated' && fromA.issuer).toBe(ISSUER);
+    expect(fromB.kind === 'authenticated' && fromB.issuer).toBe(OTHER_ISSUER);
+  });
+
+  const attacks: Array<[name: string, key: TestKey]> = [
+    ["A's key under the kid both issuers use", KEY_A],
+    ["A's key under a kid only A publishes", KEY_A_ONLY],
+  ];
+  it.each(attacks)('a token claiming issuer B signed with %s fails', async (_name, key) => {
+    const result = await authenticator(twoIssuers()).authenticate(await sign(key, baseClaims({ iss: OTHER_ISSUER })));
+    expect(result.kind).toBe('failed');
+    expect(verdict(result)).toBe('TOKEN_INVALID');
+  });
+});
+
+describe('createJwtAuthenticator: options are checked when built', () => {
+  const bad: Array<[name: string, issuers: JwtIssuerOptions[]]> = [
+    ['empty audiences', [issuer({ audiences: [] })]],
+    ['neither jwksUri nor jwks', [{ issuer: ISSUER, audiences: [AUDIENCE] }]],
+    ['both jwksUri and jwks', [issuer({ jwksUri: 'https://idp.example.com/certs' })]],
+    ['algorithm none', [issuer({ algorithms: ['none'] })]],
+    ['algorithm HS256', [issuer({ algorithms: ['HS256'] })]],
+    ['algorithm none among good ones', [issuer({ algorithms: ['RS256', 'none'] })]],
+    ['duplicate issuer', [issuer(), issuer({ audiences: ['other-api'] })]],
+  ];
+  it.each(bad)('%s -> TypeError', (_name, issuers) => {
+    expect(() => authenticator(issuers)).toThrow(TypeError);
+  });
+});
+
+describe('createJwtAuthenticator: remote JWKS', () => {
+  const servers: Server[] = [];
+  afterEach(async () => {
+    for (const s of servers.splice(0)) {
+      s.closeAllConnections();
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+    }
+  });
+
+  async function listen(server: Server): Promise<number> {
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return (server.address() as AddressInfo).port;
+  }
+
+  async function until(condition: () => boolean, what: string): Promise<void> {
+    for (let i = 0; i < 250; i++) {
+      if (condition()) return;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  }
+
+  it('reports the issuer as missing until its keys are fetched, then authenticates', async () => {
+    let requests = 0;
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const server = createServer((_req, res) => {
+      requests++;
+      void gate.then(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ keys: [RSA.jwk] }));
+      });
+    });
+    servers.push(server);
+    const port = await listen(server);
+
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], clock);
+    expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
+    // The fetch starts at construction, not on the first request.
+    await until(() => requests > 0, 'the JWKS request');
+    expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
+
+    release();
+    await until(() => a.missing().length === 0, 'the keys to be loaded');
+    expect(a.missing()).toEqual([]);
+    const result = await a.authenticate(await sign(RSA, baseClaims()));
+    expect(verdict(result)).toBe('ok');
+    expect(requests).toBe(1);
+  });
+
+  it('fails KEYS_UNAVAILABLE when the JWKS endpoint cannot be reached', async () => {
+    const probe = createServer();
+    const port = await listen(probe);
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], {
+      ...clock,
+      jwksTimeoutMs: 2_000,
+    });
+    const result = await a.authenticate(await sign(RSA, baseClaims()));
+    expect(result.kind).toBe('failed');
+    expect(verdict(result)).toBe('KEYS_UNAVAILABLE');
+    expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
+  });
+
+  it('fails KEYS_UNAVAILABLE when the JWKS endpoint does not answer in time', async () => {
+    const server = createServer(() => {
+      // Never answers.
+    });
+    servers.push(server);
+    const port = await listen(server);
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], {
+      ...clock,
+      jwksTimeoutMs: 200,
+    });
+    const result = await a.authenticate(await sign(RSA, baseClaims()));
+    expect(verdict(result)).toBe('KEYS_UNAVAILABLE');
+    expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
+  });
+
+  // DESIGN.md §3: "A needed IdP is unreachable (... no keys ever fetched) -> 503; never allow". An IdP that
+  // answers its JWKS URL with an error status or a broken body has given us no keys either.
+  const broken: Array<[name: string, status: number, body: string]> = [
+    ['HTTP 500', 500, 'internal error'],
+    ['HTTP 503', 503, '{"keys":[]}'],
+    ['HTTP 302 (jose does not follow redirects)', 302, ''],
+    ['HTTP 200 with a body that is not JSON', 200, '<html>maintenance</html>'],
+  ];
+  it.each(broken)('fails KEYS_UNAVAILABLE (503), not TOKEN_INVALID, when the JWKS endpoint answers %s', async (_name, status, body) => {
+    const server = createServer((_req, res) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(body);
+    });
+    servers.push(server);
+    const port = await listen(server);
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], clock);
+    const result = await a.authenticate(await sign(RSA, baseClaims()));
+    expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
+    expect(verdict(result)).toBe('KEYS_UNAVAILABLE');
+  });
+});
