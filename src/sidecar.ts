@@ -2,18 +2,20 @@
  * The composition root: builds the decision engine from a validated config (keys, enforcer and caches at
  * startup, not on the first request) and starts the front doors and the admin listener.
  */
-import { lstat, unlink } from 'node:fs/promises';
+import { lstat, readFile, unlink } from 'node:fs/promises';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import { createCredentialExtractor } from './authn/credentials.js';
 import { createIdentityMapper } from './authn/identity-mapping.js';
-import { createJwtAuthenticator, loadJwksFile, type JwtIssuerOptions } from './authn/jwt.js';
+import { createIntrospectionAuthenticator, type IntrospectionEndpointOptions } from './authn/introspection.js';
+import { checkJwks, createJwtAuthenticator, MIN_SECRET_BYTES, type JwtAuthenticatorOptions, type JwtIssuerOptions, type KeyConfig } from './authn/jwt.js';
 import { createCasbinAuthorizer, PolicyLoadError, type RequestField } from './authz/casbin-authorizer.js';
 import { createAdminServer } from './admin/admin-server.js';
 import { formatListenAddress, parseListenAddress, parseUpstreamUrl } from './config/address.js';
 import { ConfigError, type ConfigIssue } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createDecisionEngine, type DecisionEngine } from './core/decide.js';
+import type { Authenticator } from './core/stages.js';
 import { createIdentityHeaders } from './core/identity-headers.js';
 import { createProxyServer } from './frontends/proxy.js';
 
@@ -21,26 +23,102 @@ export interface EngineBuildOptions {
   /** The config file, for error messages. */
   readonly file?: string;
   readonly now?: () => Date;
+  /** Remote JWKS timing (tests shorten it). */
+  readonly jwks?: JwtAuthenticatorOptions['jwks'];
+  /** Where key fetches, discovery and introspection failures are reported. */
+  readonly logger?: FastifyBaseLogger;
+}
+
+/** Reads a mounted secret; surrounding whitespace (the newline `echo` adds) is not part of it. */
+async function readSecret(path: string): Promise<Buffer> {
+  const raw = await readFile(path);
+  return Buffer.from(raw.toString('utf8').trim(), 'utf8');
+}
+
+/** Turns every authn section into authenticators; problems with files become issues naming the key. */
+async function buildAuthenticators(config: Config, options: EngineBuildOptions, issues: ConfigIssue[]): Promise<Authenticator[]> {
+  const log = options.logger;
+  const issuers: JwtIssuerOptions[] = [];
+  for (const [i, issuer] of config.authn.jwt.entries()) {
+    const path = `authn.jwt[${i}]`;
+    let keys: KeyConfig;
+    try {
+      if (issuer.jwksFile !== undefined) keys = { jwks: checkJwks(JSON.parse(await readFile(issuer.jwksFile, 'utf8'))) };
+      else if (issuer.secretFile !== undefined) {
+        const secret = await readSecret(issuer.secretFile);
+        if (secret.byteLength < MIN_SECRET_BYTES) {
+          issues.push({ path: `${path}.secretFile`, message: `the secret must be at least ${MIN_SECRET_BYTES} bytes (it has ${secret.byteLength})` });
+          continue;
+        }
+        keys = { secret: new Uint8Array(secret) };
+      } else if (issuer.jwksUri !== undefined) keys = { jwksUri: issuer.jwksUri };
+      else keys = { discovery: true };
+    } catch (err) {
+      issues.push({ path: `${path}.jwksFile`, message: `invalid JWKS file: ${(err as Error).message}` });
+      continue;
+    }
+    issuers.push({
+      issuer: issuer.issuer,
+      audiences: issuer.audiences,
+      keys,
+      algorithms: issuer.algorithms,
+      clockSkewSeconds: issuer.clockSkewSeconds,
+      maxTokenAgeSeconds: issuer.maxTokenAgeSeconds,
+    });
+  }
+
+  const endpoints: IntrospectionEndpointOptions[] = [];
+  for (const [i, entry] of config.authn.introspection.entries()) {
+    const secret = (await readSecret(entry.clientSecretFile)).toString('utf8');
+    if (secret === '') {
+      issues.push({ path: `authn.introspection[${i}].clientSecretFile`, message: 'the client secret file is empty' });
+      continue;
+    }
+    endpoints.push({ ...entry, clientSecret: secret });
+  }
+
+  const now = options.now;
+  const authenticators: Authenticator[] = [];
+  if (issuers.length > 0) {
+    authenticators.push(
+      createJwtAuthenticator(issuers, {
+        ...(now ? { now } : {}),
+        ...(options.jwks ? { jwks: options.jwks } : {}),
+        events: {
+          keysFetched: (issuer, result, error) => {
+            if (result === 'error') log?.warn({ issuer, error: error?.message }, 'JWKS fetch failed; the last good keys keep serving');
+          },
+          discovered: (issuer, result, error) => {
+            if (result === 'error') log?.warn({ issuer, error: error?.message }, 'OIDC discovery failed; retrying');
+          },
+        },
+      }),
+    );
+  }
+  if (endpoints.length > 0) {
+    authenticators.push(
+      createIntrospectionAuthenticator(endpoints, {
+        acceptJwts: issuers.length === 0,
+        ...(now ? { now } : {}),
+        events: {
+          discovered: (issuer, result, error) => {
+            if (result === 'error') log?.warn({ issuer, error: error?.message }, 'OIDC discovery for introspection failed; retrying');
+          },
+          introspected: (issuer, result, error) => {
+            if (result === 'error') log?.warn({ issuer, error: error?.message }, 'token introspection failed');
+          },
+        },
+      }),
+    );
+  }
+  return authenticators;
 }
 
 /** Builds the engine; a file that cannot be loaded becomes a ConfigError naming its key. */
 export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<DecisionEngine> {
   const file = options.file ?? '<config>';
   const issues: ConfigIssue[] = [];
-
-  const issuers: JwtIssuerOptions[] = [];
-  for (const [i, issuer] of config.authn.jwt.entries()) {
-    let jwks;
-    if (issuer.jwksFile !== undefined) {
-      try {
-        jwks = await loadJwksFile(issuer.jwksFile);
-      } catch (err) {
-        issues.push({ path: `authn.jwt[${i}].jwksFile`, message: `invalid JWKS file: ${(err as Error).message}` });
-        continue;
-      }
-    }
-    issuers.push({ ...issuer, jwks });
-  }
+  const authenticators = await buildAuthenticators(config, options, issues);
 
   let authorizer;
   try {
@@ -55,12 +133,15 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
     if (!(err instanceof PolicyLoadError)) throw err;
     issues.push({ path: err.configKey, message: err.message });
   }
-  if (issues.length > 0 || authorizer === undefined) throw new ConfigError(file, issues);
+  if (issues.length > 0 || authorizer === undefined) {
+    for (const a of authenticators) a.close();
+    throw new ConfigError(file, issues);
+  }
 
   return createDecisionEngine({
     paths: config.paths,
     credentials: createCredentialExtractor(config.authn.tokenFrom),
-    authenticators: issuers.length > 0 ? [createJwtAuthenticator(issuers, options.now ? { now: options.now } : {})] : [],
+    authenticators,
     identity: createIdentityMapper(config.identity),
     authorizer,
     identityHeaders: createIdentityHeaders(config.headers),
@@ -106,7 +187,7 @@ export async function startSidecar(
   options: EngineBuildOptions & { logger?: FastifyBaseLogger } = {},
 ): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger(config);
-  const engine = await buildEngine(config, options);
+  const engine = await buildEngine(config, { ...options, logger });
   const upstream = parseUpstreamUrl(config.upstream.url);
   if (upstream === undefined) throw new TypeError(`invalid upstream url ${config.upstream.url}`);
 

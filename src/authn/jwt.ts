@@ -3,41 +3,67 @@
  * keys. The unverified `iss` only picks which issuer's keys, algorithms and audiences apply; a key of issuer
  * A can never verify a token claiming issuer B. `exp` is required, `nbf`/`iat` are checked with clock skew
  * (jose alone accepts a future `iat`), `alg` is checked against a per-issuer allow-list that can never hold
- * `none`, and embedded keys (`jwk`, `jku`, `x5u`, `x5c`) are never used: keys come only from configuration.
+ * `none` nor mix HMAC with public keys (the "HS256 signed with the RSA public key" attack), and embedded keys
+ * (`jwk`, `jku`, `x5u`, `x5c`) are never used: keys come only from configuration.
+ *
+ * Verified tokens are cached (bounded LRU keyed by issuer and the token's SHA-256), never past their `exp`;
+ * the policy is still evaluated on every request.
  */
-import { readFile } from 'node:fs/promises';
-import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
-import { copyClaims } from '../core/identity.js';
+import { createHash } from 'node:crypto';
+import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { LRUCache } from 'lru-cache';
+import { copyClaims, type Claims } from '../core/identity.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { Authenticator, AuthnResult } from '../core/stages.js';
-import { createRemoteKeySource, KeysUnavailableError, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
+import { createDiscoveredKeySource } from './discovery.js';
+import { createRemoteKeySource, KeysUnavailableError, type FetchResult, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
 
 export const DEFAULT_ALGORITHMS = Object.freeze(['RS256', 'PS256', 'ES256', 'EdDSA']);
 export const ASYMMETRIC_ALGORITHMS = Object.freeze([
   'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519',
 ]);
+export const HMAC_ALGORITHMS = Object.freeze(['HS256', 'HS384', 'HS512']);
+/** RFC 7518 §3.2: an HMAC key at least as long as the hash output; we ask for 256 bits for every HS*. */
+export const MIN_SECRET_BYTES = 32;
 export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
+/** How long a verified JWT is remembered (never past its exp), and how many are. */
+export const DEFAULT_JWT_CACHE_SECONDS = 300;
+export const DEFAULT_CACHE_ENTRIES = 10_000;
+
+/** Where an issuer's keys come from: exactly one. */
+export type KeyConfig =
+  | { readonly jwksUri: string }
+  | { readonly jwks: JSONWebKeySet }
+  | { readonly secret: Uint8Array }
+  | { readonly discovery: true };
 
 export interface JwtIssuerOptions {
   readonly issuer: string;
   /** The token's `aud` must contain one of these. Required, never empty. */
   readonly audiences: readonly string[];
-  readonly jwksUri?: string | undefined;
-  /** A JWKS document already read from disk (see loadJwksFile). */
-  readonly jwks?: JSONWebKeySet | undefined;
+  readonly keys: KeyConfig;
+  /** Default RS256, PS256, ES256, EdDSA; HS256 for a secret. */
   readonly algorithms?: readonly string[] | undefined;
   readonly clockSkewSeconds?: number | undefined;
   /** 0 = no limit on `iat` age. */
   readonly maxTokenAgeSeconds?: number | undefined;
 }
 
+/** What happens to remote keys, for logs and metrics. */
+export interface KeyEvents {
+  keysFetched?(issuer: string, result: FetchResult, error?: Error): void;
+  discovered?(issuer: string, result: FetchResult, error?: Error): void;
+  cache?(hit: boolean): void;
+}
+
 export interface JwtAuthenticatorOptions {
   /** Injected clock for tests; default the system clock. */
   readonly now?: () => Date;
-  /** Fetch timeout of remote JWKS (default 5 s). */
-  readonly jwksTimeoutMs?: number;
-  /** Timing of remote JWKS: cooldown between refetches on an unknown kid, background refresh. */
-  readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'timeoutMs'>;
+  /** Remote JWKS timing: fetch timeout, refetch cooldown on an unknown kid, background refresh. */
+  readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'onFetch'>;
+  readonly cacheSeconds?: number;
+  readonly cacheEntries?: number;
+  readonly events?: KeyEvents;
 }
 
 interface IssuerState {
@@ -46,15 +72,20 @@ interface IssuerState {
   readonly algorithms: string[];
   readonly clockSkewSeconds: number;
   readonly maxTokenAgeSeconds: number;
-  readonly keys: JWTVerifyGetKey;
+  readonly key: JWTVerifyGetKey | Uint8Array;
   readonly remote: KeySource | undefined;
+}
+
+interface CachedToken {
+  readonly claims: Claims;
+  /** Epoch ms after which the token is no longer valid (exp, or iat + maxTokenAge). */
+  readonly validUntilMs: number;
 }
 
 const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
-/** Reads and checks a JWKS file; throws a TypeError naming the problem (the caller names the config key). */
-export async function loadJwksFile(path: string): Promise<JSONWebKeySet> {
-  const parsed = JSON.parse(await readFile(path, 'utf8')) as unknown;
+/** Checks a JWKS document read from a file; throws a TypeError naming the problem. */
+export function checkJwks(parsed: unknown): JSONWebKeySet {
   if (typeof parsed !== 'object' || parsed === null || !Array.isArray((parsed as { keys?: unknown }).keys)) {
     throw new TypeError('not a JWKS document (an object with a "keys" array)');
   }
@@ -66,14 +97,18 @@ export async function loadJwksFile(path: string): Promise<JSONWebKeySet> {
   return jwks;
 }
 
-function checkOptions(options: JwtIssuerOptions): void {
-  if (options.audiences.length === 0) throw new TypeError(`issuer ${options.issuer}: audiences must not be empty`);
-  if ((options.jwksUri === undefined) === (options.jwks === undefined)) {
-    throw new TypeError(`issuer ${options.issuer}: exactly one of jwksUri and jwks is needed`);
+function checkOptions(o: JwtIssuerOptions): string[] {
+  if (o.audiences.length === 0) throw new TypeError(`issuer ${o.issuer}: audiences must not be empty`);
+  const hmac = 'secret' in o.keys;
+  const algorithms = [...(o.algorithms ?? (hmac ? ['HS256'] : DEFAULT_ALGORITHMS))];
+  const allowed = hmac ? HMAC_ALGORITHMS : ASYMMETRIC_ALGORITHMS;
+  for (const alg of algorithms) {
+    if (!allowed.includes(alg)) throw new TypeError(`issuer ${o.issuer}: algorithm ${alg} is not allowed with ${hmac ? 'a secret' : 'public keys'}`);
   }
-  for (const alg of options.algorithms ?? DEFAULT_ALGORITHMS) {
-    if (!ASYMMETRIC_ALGORITHMS.includes(alg)) throw new TypeError(`issuer ${options.issuer}: algorithm ${alg} is not allowed`);
+  if ('secret' in o.keys && o.keys.secret.byteLength < MIN_SECRET_BYTES) {
+    throw new TypeError(`issuer ${o.issuer}: the secret must be at least ${MIN_SECRET_BYTES} bytes`);
   }
+  return algorithms;
 }
 
 /** Maps jose's errors onto our reason codes, in this one place. Details are fixed strings: no token content. */
@@ -109,30 +144,57 @@ function classify(err: unknown): { reason: ReasonCode; detail: string } {
   return { reason: 'TOKEN_INVALID', detail: 'the token is malformed or unsupported' };
 }
 
+export function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('base64url');
+}
+
 export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], options: JwtAuthenticatorOptions = {}): Authenticator {
   const now = options.now ?? (() => new Date());
+  const nowMs = (): number => now().getTime();
+  const events = options.events ?? {};
+  const cacheMs = (options.cacheSeconds ?? DEFAULT_JWT_CACHE_SECONDS) * 1000;
+  const cache = new LRUCache<string, CachedToken>({ max: options.cacheEntries ?? DEFAULT_CACHE_ENTRIES });
   const byIssuer = new Map<string, IssuerState>();
 
   for (const o of issuers) {
-    checkOptions(o);
+    const algorithms = checkOptions(o);
     if (byIssuer.has(o.issuer)) throw new TypeError(`issuer ${o.issuer} is configured twice`);
-    const remote =
-      o.jwksUri === undefined
-        ? undefined
-        : createRemoteKeySource(new URL(o.jwksUri), {
-            ...options.jwks,
-            ...(options.jwksTimeoutMs === undefined ? {} : { timeoutMs: options.jwksTimeoutMs }),
-          });
-    const keys: JWTVerifyGetKey = remote?.getKey ?? createLocalJWKSet(o.jwks as JSONWebKeySet);
+    const sourceOptions: RemoteKeySourceOptions = {
+      ...options.jwks,
+      now: nowMs,
+      onFetch: (result, error) => events.keysFetched?.(o.issuer, result, error),
+    };
+    let remote: KeySource | undefined;
+    if ('jwksUri' in o.keys) remote = createRemoteKeySource(new URL(o.keys.jwksUri), sourceOptions);
+    else if ('discovery' in o.keys) {
+      remote = createDiscoveredKeySource(o.issuer, { ...sourceOptions, onDiscovery: (result, error) => events.discovered?.(o.issuer, result, error) });
+    }
+    const key = remote?.getKey ?? ('secret' in o.keys ? o.keys.secret : 'jwks' in o.keys ? createLocalJWKSet(o.keys.jwks) : undefined);
+    if (key === undefined) throw new TypeError(`issuer ${o.issuer}: no key source`);
     byIssuer.set(o.issuer, {
       issuer: o.issuer,
       audiences: [...o.audiences],
-      algorithms: [...(o.algorithms ?? DEFAULT_ALGORITHMS)],
+      algorithms,
       clockSkewSeconds: o.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS,
       maxTokenAgeSeconds: o.maxTokenAgeSeconds ?? 0,
-      keys,
+      key,
       remote,
     });
+  }
+
+  async function verify(state: IssuerState, token: string, currentDate: Date): Promise<JWTPayload> {
+    const verifyOptions = {
+      issuer: state.issuer,
+      audience: state.audiences,
+      algorithms: state.algorithms,
+      clockTolerance: state.clockSkewSeconds,
+      requiredClaims: ['exp'],
+      currentDate,
+      ...(state.maxTokenAgeSeconds > 0 ? { maxTokenAge: state.maxTokenAgeSeconds } : {}),
+    };
+    const { payload } =
+      state.key instanceof Uint8Array ? await jwtVerify(token, state.key, verifyOptions) : await jwtVerify(token, state.key, verifyOptions);
+    return payload;
   }
 
   async function authenticate(token: string): Promise<AuthnResult> {
@@ -147,21 +209,28 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     if (state === undefined) return { kind: 'notMine' };
 
     const currentDate = now();
+    const currentMs = currentDate.getTime();
+    const cacheKey = `${state.issuer}\0${sha256(token)}`;
+    const cached = cache.get(cacheKey);
+    if (cached !== undefined && cached.validUntilMs > currentMs) {
+      events.cache?.(true);
+      return { kind: 'authenticated', issuer: state.issuer, claims: cached.claims };
+    }
+    events.cache?.(false);
+
     try {
-      const { payload } = await jwtVerify(token, state.keys, {
-        issuer: state.issuer,
-        audience: state.audiences,
-        algorithms: state.algorithms,
-        clockTolerance: state.clockSkewSeconds,
-        requiredClaims: ['exp'],
-        currentDate,
-        ...(state.maxTokenAgeSeconds > 0 ? { maxTokenAge: state.maxTokenAgeSeconds } : {}),
-      });
+      const payload = await verify(state, token, currentDate);
       // jose checks iat only together with maxTokenAge; a token issued in the future is always refused.
-      if (payload.iat !== undefined && payload.iat > currentDate.getTime() / 1000 + state.clockSkewSeconds) {
+      if (payload.iat !== undefined && payload.iat > currentMs / 1000 + state.clockSkewSeconds) {
         return { kind: 'failed', reason: 'TOKEN_CLAIMS', detail: 'the token is issued in the future (iat)' };
       }
-      return { kind: 'authenticated', issuer: state.issuer, claims: copyClaims(payload) };
+      const claims = copyClaims(payload);
+      const expMs = (payload.exp ?? 0) * 1000;
+      const ageLimitMs = state.maxTokenAgeSeconds > 0 && payload.iat !== undefined ? (payload.iat + state.maxTokenAgeSeconds) * 1000 : Infinity;
+      const validUntilMs = Math.min(expMs, ageLimitMs);
+      const ttl = Math.min(cacheMs, validUntilMs - currentMs);
+      if (ttl > 0) cache.set(cacheKey, { claims, validUntilMs }, { ttl });
+      return { kind: 'authenticated', issuer: state.issuer, claims };
     } catch (err) {
       return { kind: 'failed', ...classify(err) };
     }
@@ -178,6 +247,7 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     },
     close(): void {
       for (const state of byIssuer.values()) state.remote?.close();
+      cache.clear();
     },
   };
 }

@@ -160,6 +160,14 @@ export async function validateConfig(
       issuer.jwksFile = resolvePath(base, issuer.jwksFile);
       files.push([`authn.jwt[${i}].jwksFile`, issuer.jwksFile]);
     }
+    if (issuer.secretFile !== undefined) {
+      issuer.secretFile = resolvePath(base, issuer.secretFile);
+      files.push([`authn.jwt[${i}].secretFile`, issuer.secretFile]);
+    }
+  });
+  config.authn.introspection.forEach((entry, i) => {
+    entry.clientSecretFile = resolvePath(base, entry.clientSecretFile);
+    files.push([`authn.introspection[${i}].clientSecretFile`, entry.clientSecretFile]);
   });
   const seen = new Set<string>();
   config.authn.jwt.forEach((issuer, i) => {

@@ -19,15 +19,16 @@ const listenAddress = z.string({ error: 'must be host:port or unix:/path.sock' }
   message: 'must be host:port or unix:/path.sock',
 });
 
+const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
 const algorithm = z.string().superRefine((alg, ctx) => {
   if (alg.toLowerCase() === 'none') ctx.addIssue({ code: 'custom', message: '"none" is never allowed' });
-  else if (/^HS(256|384|512)$/.test(alg)) ctx.addIssue({ code: 'custom', message: `${alg} needs secretFile, which this version does not support` });
-  else if (!ASYMMETRIC_ALGORITHMS.includes(alg)) {
-    ctx.addIssue({ code: 'custom', message: `unsupported algorithm; use one of ${ASYMMETRIC_ALGORITHMS.join(', ')}` });
+  else if (!HMAC_ALGORITHMS.includes(alg) && !ASYMMETRIC_ALGORITHMS.includes(alg)) {
+    ctx.addIssue({ code: 'custom', message: `unsupported algorithm; use one of ${[...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS].join(', ')}` });
   }
 });
 
-const jwksUri = z.string().superRefine((uri, ctx) => {
+/** An http(s) URL; plain http only on loopback, since keys or answers fetched over it can be swapped on the path. */
+const idpUrl = z.string().superRefine((uri, ctx) => {
   let url: URL;
   try {
     url = new URL(uri);
@@ -35,7 +36,6 @@ const jwksUri = z.string().superRefine((uri, ctx) => {
     ctx.addIssue({ code: 'custom', message: 'must be an absolute URL' });
     return;
   }
-  // Keys fetched over plain HTTP can be swapped by anyone on the path; only loopback may use http.
   if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
     ctx.addIssue({ code: 'custom', message: 'must be an https URL (http only on loopback)' });
   }
@@ -45,18 +45,58 @@ const jwtIssuer = z
   .strictObject({
     issuer: z.string().min(1),
     audiences: z.array(z.string().min(1)).min(1, 'at least one audience is required'),
-    jwksUri: jwksUri.optional(),
+    discovery: z.boolean().default(false),
+    jwksUri: idpUrl.optional(),
     jwksFile: z.string().min(1).optional(),
-    algorithms: z.array(algorithm).min(1).default([...DEFAULT_ALGORITHMS]),
+    secretFile: z.string().min(1).optional(),
+    algorithms: z.array(algorithm).min(1).optional(),
     clockSkewSeconds: z.number().int().min(0).max(300).default(DEFAULT_CLOCK_SKEW_SECONDS),
     maxTokenAgeSeconds: z.number().int().min(0).default(0),
   })
   .superRefine((issuer, ctx) => {
-    const sources = [issuer.jwksUri, issuer.jwksFile].filter((s) => s !== undefined).length;
-    if (sources !== 1) ctx.addIssue({ code: 'custom', message: 'exactly one of jwksUri, jwksFile is required' });
+    const sources = [issuer.discovery ? true : undefined, issuer.jwksUri, issuer.jwksFile, issuer.secretFile].filter((s) => s !== undefined);
+    if (sources.length !== 1) {
+      ctx.addIssue({ code: 'custom', message: 'exactly one of discovery: true, jwksUri, jwksFile, secretFile is required' });
+    }
+    if (issuer.discovery) idpUrl.safeParse(issuer.issuer).error?.issues.forEach((i) => ctx.addIssue({ code: 'custom', path: ['issuer'], message: `${i.message} (needed for discovery)` }));
+    const hmac = (issuer.algorithms ?? []).filter((a) => HMAC_ALGORITHMS.includes(a));
+    if (issuer.secretFile !== undefined && hmac.length !== (issuer.algorithms ?? ['HS256']).length) {
+      ctx.addIssue({ code: 'custom', path: ['algorithms'], message: 'with secretFile only HS256, HS384, HS512 are allowed' });
+    }
+    if (issuer.secretFile === undefined && hmac.length > 0) {
+      ctx.addIssue({ code: 'custom', path: ['algorithms'], message: `${hmac.join(', ')} needs secretFile (and never mixes with asymmetric algorithms)` });
+    }
+  })
+  .transform((issuer) => ({
+    ...issuer,
+    algorithms: issuer.algorithms ?? (issuer.secretFile !== undefined ? ['HS256'] : [...DEFAULT_ALGORITHMS]),
+  }));
+
+const introspection = z
+  .strictObject({
+    issuer: z.string().min(1),
+    discovery: z.boolean().default(false),
+    endpoint: idpUrl.optional(),
+    clientId: z.string().min(1),
+    clientSecretFile: z.string().min(1),
+    authMethod: z.enum(['client_secret_basic', 'client_secret_post']).default('client_secret_basic'),
+    audiences: z.array(z.string().min(1)).min(1).optional(),
+    cacheSeconds: z.number().int().min(0).max(3600).default(60),
+    timeoutSeconds: z.number().positive().max(60).default(5),
+  })
+  .superRefine((entry, ctx) => {
+    if (entry.discovery === (entry.endpoint !== undefined)) {
+      ctx.addIssue({ code: 'custom', message: 'exactly one of discovery: true, endpoint is required' });
+    }
+    if (entry.discovery) idpUrl.safeParse(entry.issuer).error?.issues.forEach((i) => ctx.addIssue({ code: 'custom', path: ['issuer'], message: `${i.message} (needed for discovery)` }));
   });
 
-const tokenSource = z.strictObject({ header: headerName });
+const cookieOrQueryName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a cookie or query parameter name');
+const tokenSource = z.union([
+  z.strictObject({ header: headerName }),
+  z.strictObject({ cookie: cookieOrQueryName }),
+  z.strictObject({ query: cookieOrQueryName }),
+], { error: 'must be one of { header: NAME }, { cookie: NAME }, { query: NAME }' });
 
 const requestField = z
   .string()
@@ -78,6 +118,7 @@ export const configSchema = z.strictObject({
   authn: z
     .strictObject({
       jwt: z.array(jwtIssuer).default([]),
+      introspection: z.array(introspection).default([]),
       tokenFrom: z.array(tokenSource).min(1).default([{ header: 'authorization' }]),
     })
     .prefault({}),
@@ -131,3 +172,5 @@ export const configSchema = z.strictObject({
 
 export type Config = z.output<typeof configSchema>;
 export type JwtIssuerConfig = Config['authn']['jwt'][number];
+export type IntrospectionConfig = Config['authn']['introspection'][number];
+export type TokenSourceConfig = Config['authn']['tokenFrom'][number];

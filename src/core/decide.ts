@@ -9,7 +9,7 @@ import { outcomeOf, type Decision } from './decision.js';
 import { AuthzSidecarError, REASONS, type ReasonCode, type ReasonSpec } from './errors.js';
 import type { Identity } from './identity.js';
 import type { IdentityHeaders } from './identity-headers.js';
-import type { Authenticator, Authorizer, CredentialExtractor, IdentityMapper } from './stages.js';
+import type { Authenticator, Authorizer, CredentialExtractor, ForwardedHeaders, IdentityMapper } from './stages.js';
 
 export const DEFAULT_REALM = 'authz-sidecar';
 
@@ -38,8 +38,10 @@ export interface DecisionEngine {
   canonicalize(method: string, target: string): CanonicalTarget | undefined;
   /** Doors use this to strip spoofed identity headers from what they forward, on every route. */
   isClientIdentityHeader(name: string): boolean;
-  /** Headers to remove from the forwarded request on allow (the token, unless forwardToken). */
-  readonly removeOnForward: readonly string[];
+  /** Removes the credentials (unless forwardToken) from the headers of an allowed request about to be forwarded. */
+  scrubHeadersForUpstream(headers: ForwardedHeaders): void;
+  /** Header names that carry tokens (for doors that list headers to remove, like ext_authz). */
+  readonly tokenHeaders: readonly string[];
   readiness(): Readiness;
   close(): void;
 }
@@ -81,6 +83,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       policy,
       responseHeaders,
       upstreamHeaders: {},
+      upstreamQuery: undefined,
       requestId,
     };
   }
@@ -167,11 +170,11 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       policy,
       responseHeaders: {},
       upstreamHeaders,
+      upstreamQuery: options.forwardToken ? request.query : credentials.scrubQuery(request.query),
       requestId,
     };
   }
 
-  const removeOnForward = options.forwardToken ? [] : [...credentials.tokenHeaders];
 
   return {
     decide,
@@ -184,7 +187,10 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       }
     },
     isClientIdentityHeader: (name) => identityHeaders.isClientIdentityHeader(name),
-    removeOnForward,
+    scrubHeadersForUpstream: (headers) => {
+      if (!options.forwardToken) credentials.scrubHeaders(headers);
+    },
+    tokenHeaders: credentials.tokenHeaders,
     readiness(): Readiness {
       const missing = [...authenticators.flatMap((a) => a.missing()), ...authorizer.missing()];
       return { ready: missing.length === 0, missing };

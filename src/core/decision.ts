@@ -23,6 +23,8 @@ export interface Decision {
   readonly responseHeaders: Readonly<Record<string, string>>;
   /** Identity headers to set on the forwarded request (allow only). */
   readonly upstreamHeaders: Readonly<Record<string, string>>;
+  /** The query to forward on allow: as received, less token parameters unless forwardToken. */
+  readonly upstreamQuery: string | undefined;
   readonly requestId: string;
 }
 

@@ -25,6 +25,7 @@ export const REASONS = {
   TOKEN_CLAIMS: { status: 401, title: 'Unauthorized', bearerError: 'invalid_token' },
   IDENTITY_UNRENDERABLE: { status: 401, title: 'Unauthorized', bearerError: 'invalid_token' },
   KEYS_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
+  INTROSPECTION_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
   PATH_TARGET_FORM: { status: 400, title: 'Bad Request' },
   PATH_FRAGMENT: { status: 400, title: 'Bad Request' },
   PATH_CONTROL_CHAR: { status: 400, title: 'Bad Request' },

@@ -12,10 +12,17 @@ export type CredentialResult =
   | { readonly kind: 'token'; readonly token: string; readonly source: string }
   | { readonly kind: 'error'; readonly reason: 'CREDENTIALS_MALFORMED' | 'CREDENTIALS_CONFLICT'; readonly detail: string };
 
+/** Headers of a request about to be forwarded (mutable, lower-case names). */
+export type ForwardedHeaders = Record<string, string | string[] | undefined>;
+
 export interface CredentialExtractor {
   extract(headers: HeaderMap, query: string | undefined): CredentialResult;
-  /** Header names (lower-case) that carry tokens: removed from the forwarded request unless forwardToken. */
+  /** Header names (lower-case) that carry tokens. */
   readonly tokenHeaders: readonly string[];
+  /** Removes token headers and token cookies (the Cookie header is rewritten without them) from forwarded headers. */
+  scrubHeaders(headers: ForwardedHeaders): void;
+  /** The query without token parameters. */
+  scrubQuery(query: string | undefined): string | undefined;
 }
 
 /**

@@ -88,7 +88,7 @@ function withoutHopByHop<T extends Record<string, unknown>>(headers: T): T {
 export async function createProxyServer(options: ProxyOptions): Promise<FastifyInstance> {
   const { engine, upstream } = options;
   const canonical = new WeakMap<IncomingMessage, CanonicalTarget>();
-  const decisions = new WeakMap<object, Decision>();
+  const allowed = new WeakMap<object, Decision>();
 
   const app = Fastify({
     loggerInstance: options.logger,
@@ -135,7 +135,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
       sendDecision(reply, decision);
       return reply;
     }
-    decisions.set(request, decision);
+    allowed.set(request, decision);
     return undefined;
   });
 
@@ -144,11 +144,11 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     request: { readonly id: string; readonly headers: Readonly<Record<string, string | string[] | undefined>> },
     headers: Record<string, string | string[] | undefined>,
   ): Record<string, string | string[] | undefined> {
-    const decision = decisions.get(request);
+    const decision = allowed.get(request);
     for (const name of Object.keys(headers)) {
       if (engine.isClientIdentityHeader(name)) delete headers[name];
     }
-    for (const name of engine.removeOnForward) delete headers[name];
+    engine.scrubHeadersForUpstream(headers);
     if (decision !== undefined) Object.assign(headers, decision.upstreamHeaders);
     headers['x-request-id'] = request.id;
     const host = request.headers.host;
@@ -165,6 +165,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     ...(upstream.kind === 'unix' ? { createConnection: () => netConnect(upstream.path) } : {}),
     // @fastify/http-proxy applies replyOptions.rewriteRequestHeaders to HTTP only; WebSocket handshakes
     // get the same treatment here, or they would reach the app without identity headers.
+    queryString: (_search: string, _url: string, request: FastifyRequest) => allowed.get(request)?.upstreamQuery ?? '',
     rewriteRequestHeaders: (_headers: Record<string, string>, request: FastifyRequest) => {
       const copied: Record<string, string | string[] | undefined> = {};
       for (const [name, value] of Object.entries(request.headers)) {
@@ -193,10 +194,9 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     },
     // Forward the canonical path with the query exactly as received (no re-serialization).
     handler(request, reply, dest, replyOptions) {
-      const query = decisions.get(request)?.request?.query;
       return reply.from(dest, {
         ...replyOptions,
-        queryString: () => query ?? '',
+        queryString: () => allowed.get(request)?.upstreamQuery ?? '',
       });
     },
     replyOptions: {

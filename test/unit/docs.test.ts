@@ -25,6 +25,9 @@ function keyPaths(schema: z.ZodType, prefix: string): string[] {
       return nested.length > 0 ? nested : [path];
     });
   }
+  if (inner instanceof z.ZodUnion) {
+    return [...new Set((inner.options as z.ZodType[]).flatMap((option) => keyPaths(option, prefix)))];
+  }
   if (inner instanceof z.ZodArray) {
     const element = inner.element as z.ZodType;
     const nested = keyPaths(element, `${prefix}[]`);

@@ -66,7 +66,7 @@ function authenticator(issuers: readonly JwtIssuerOptions[], options: Parameters
 }
 
 function issuer(overrides: Partial<JwtIssuerOptions> = {}): JwtIssuerOptions {
-  return { issuer: ISSUER, audiences: [AUDIENCE], jwks: { keys: [RSA.jwk, EC.jwk] }, clockSkewSeconds: 30, ...overrides };
+  return { issuer: ISSUER, audiences: [AUDIENCE], keys: { jwks: { keys: [RSA.jwk, EC.jwk] } }, clockSkewSeconds: 30, ...overrides };
 }
 
 /** 'ok' = authenticated, 'notMine', or the reason of a failure. */
@@ -207,14 +207,14 @@ describe('createJwtAuthenticator: signatures and algorithms', () => {
     const token = await new SignJWT(baseClaims())
       .setProtectedHeader({ alg: 'RS256', jwk: await exportJWK(attacker.publicKey) })
       .sign(attacker.privateKey);
-    expect(verdict(await authenticator([issuer({ jwks: { keys: [RSA.jwk] } })]).authenticate(token))).toBe('TOKEN_INVALID');
+    expect(verdict(await authenticator([issuer({ keys: { jwks: { keys: [RSA.jwk] } } })]).authenticate(token))).toBe('TOKEN_INVALID');
   });
 });
 
 describe('createJwtAuthenticator: issuers are isolated', () => {
   const twoIssuers = (): JwtIssuerOptions[] => [
-    { issuer: ISSUER, audiences: [AUDIENCE], jwks: { keys: [KEY_A.jwk, KEY_A_ONLY.jwk] } },
-    { issuer: OTHER_ISSUER, audiences: [AUDIENCE], jwks: { keys: [KEY_B.jwk] } },
+    { issuer: ISSUER, audiences: [AUDIENCE], keys: { jwks: { keys: [KEY_A.jwk, KEY_A_ONLY.jwk] } } },
+    { issuer: OTHER_ISSUER, audiences: [AUDIENCE], keys: { jwks: { keys: [KEY_B.jwk] } } },
   ];
 
   it('verifies each issuer with its own keys', async () => {
@@ -239,8 +239,9 @@ describe('createJwtAuthenticator: issuers are isolated', () => {
 describe('createJwtAuthenticator: options are checked when built', () => {
   const bad: Array<[name: string, issuers: JwtIssuerOptions[]]> = [
     ['empty audiences', [issuer({ audiences: [] })]],
-    ['neither jwksUri nor jwks', [{ issuer: ISSUER, audiences: [AUDIENCE] }]],
-    ['both jwksUri and jwks', [issuer({ jwksUri: 'https://idp.example.com/certs' })]],
+    ['a secret shorter than 32 bytes', [issuer({ keys: { secret: new Uint8Array(31) }, algorithms: ['HS256'] })]],
+    ['HS256 with public keys', [issuer({ algorithms: ['RS256', 'HS256'] })]],
+    ['RS256 with a secret', [issuer({ keys: { secret: new Uint8Array(32) }, algorithms: ['RS256'] })]],
     ['algorithm none', [issuer({ algorithms: ['none'] })]],
     ['algorithm HS256', [issuer({ algorithms: ['HS256'] })]],
     ['algorithm none among good ones', [issuer({ algorithms: ['RS256', 'none'] })]],
@@ -287,7 +288,7 @@ describe('createJwtAuthenticator: remote JWKS', () => {
     servers.push(server);
     const port = await listen(server);
 
-    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], clock);
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], keys: { jwksUri: `http://127.0.0.1:${port}/certs` } }], clock);
     expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
     // The fetch starts at construction, not on the first request.
     await until(() => requests > 0, 'the JWKS request');
@@ -306,9 +307,9 @@ describe('createJwtAuthenticator: remote JWKS', () => {
     const port = await listen(probe);
     await new Promise<void>((resolve) => probe.close(() => resolve()));
 
-    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], {
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], keys: { jwksUri: `http://127.0.0.1:${port}/certs` } }], {
       ...clock,
-      jwksTimeoutMs: 2_000,
+      jwks: { timeoutMs: 2_000 },
     });
     const result = await a.authenticate(await sign(RSA, baseClaims()));
     expect(result.kind).toBe('failed');
@@ -322,9 +323,9 @@ describe('createJwtAuthenticator: remote JWKS', () => {
     });
     servers.push(server);
     const port = await listen(server);
-    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], {
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], keys: { jwksUri: `http://127.0.0.1:${port}/certs` } }], {
       ...clock,
-      jwksTimeoutMs: 200,
+      jwks: { timeoutMs: 200 },
     });
     const result = await a.authenticate(await sign(RSA, baseClaims()));
     expect(verdict(result)).toBe('KEYS_UNAVAILABLE');
@@ -346,7 +347,7 @@ describe('createJwtAuthenticator: remote JWKS', () => {
     });
     servers.push(server);
     const port = await listen(server);
-    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwksUri: `http://127.0.0.1:${port}/certs` }], clock);
+    const a = authenticator([{ issuer: ISSUER, audiences: [AUDIENCE], keys: { jwksUri: `http://127.0.0.1:${port}/certs` } }], clock);
     const result = await a.authenticate(await sign(RSA, baseClaims()));
     expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
     expect(verdict(result)).toBe('KEYS_UNAVAILABLE');

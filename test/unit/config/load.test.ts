@@ -97,8 +97,26 @@ describe('loadConfig', () => {
     ['missing audiences', BASE.replace('      audiences: [orders-api]\n', ''), ['authn.jwt[0].audiences: required']],
     ['empty audiences', BASE.replace('[orders-api]', '[]'), ['authn.jwt[0].audiences: at least one audience is required']],
     ['alg none', `${BASE}      algorithms: [RS256, none]\n`, ['authn.jwt[0].algorithms[1]: "none" is never allowed']],
-    ['HS256 without secretFile', `${BASE}      algorithms: [HS256]\n`, ['authn.jwt[0].algorithms[0]: HS256 needs secretFile, which this version does not support']],
-    ['no key source', BASE.replace('      jwksFile: ./jwks.json\n', ''), ['authn.jwt[0]: exactly one of jwksUri, jwksFile is required']],
+    ['HS256 without secretFile', `${BASE}      algorithms: [HS256]\n`, ['authn.jwt[0].algorithms: HS256 needs secretFile (and never mixes with asymmetric algorithms)']],
+    ['HS256 mixed with RS256 on a secret', BASE.replace('jwksFile: ./jwks.json', 'secretFile: ./jwks.json\n      algorithms: [HS256, RS256]'), [
+      'authn.jwt[0].algorithms: with secretFile only HS256, HS384, HS512 are allowed',
+    ]],
+    ['no key source', BASE.replace('      jwksFile: ./jwks.json\n', ''), ['authn.jwt[0]: exactly one of discovery: true, jwksUri, jwksFile, secretFile is required']],
+    ['two key sources', BASE.replace('jwksFile: ./jwks.json', 'jwksFile: ./jwks.json\n      discovery: true'), [
+      'authn.jwt[0]: exactly one of discovery: true, jwksUri, jwksFile, secretFile is required',
+    ]],
+    ['introspection without endpoint or discovery', `${BASE}  introspection:\n    - issuer: https://idp.example.com\n      clientId: c\n      clientSecretFile: ./policy.csv\n`, [
+      'authn.introspection[0]: exactly one of discovery: true, endpoint is required',
+    ]],
+    ['introspection auth method', `${BASE}  introspection:\n    - issuer: https://idp.example.com\n      endpoint: https://idp.example.com/introspect\n      clientId: c\n      clientSecretFile: ./policy.csv\n      authMethod: private_key_jwt\n`, [
+      'authn.introspection[0].authMethod: Invalid option: expected one of "client_secret_basic"|"client_secret_post"',
+    ]],
+    ['token source of an unknown kind', `${BASE}  tokenFrom:\n    - form: access_token\n`, [
+      'authn.tokenFrom[0]: must be one of { header: NAME }, { cookie: NAME }, { query: NAME }',
+    ]],
+    ['discovery on a plain-http issuer off loopback', BASE.replace('jwksFile: ./jwks.json', 'discovery: true').replace('https://idp.example.com', 'http://idp.example.com'), [
+      'authn.jwt[0].issuer: must be an https URL (http only on loopback) (needed for discovery)',
+    ]],
     ['plain http jwksUri off loopback', BASE.replace('jwksFile: ./jwks.json', 'jwksUri: http://idp.example.com/certs'), [
       'authn.jwt[0].jwksUri: must be an https URL (http only on loopback)',
     ]],

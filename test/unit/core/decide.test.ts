@@ -88,7 +88,7 @@ async function engine(options: EngineOptions = {}): Promise<DecisionEngine> {
   const e = createDecisionEngine({
     paths: { encodedSlashes: 'reject', semicolons: 'reject' },
     credentials: createCredentialExtractor(options.tokenFrom),
-    authenticators: [createJwtAuthenticator([{ issuer: ISSUER, audiences: [AUDIENCE], jwks: JWKS }], { now: () => NOW })],
+    authenticators: [createJwtAuthenticator([{ issuer: ISSUER, audiences: [AUDIENCE], keys: { jwks: JWKS } }], { now: () => NOW })],
     identity: createIdentityMapper({}),
     authorizer: await createCasbinAuthorizer({ modelPath, policyPath }),
     identityHeaders: createIdentityHeaders({
@@ -322,9 +322,13 @@ describe('decide: engine', () => {
     ['forwardToken', { forwardToken: true }, []],
     ['custom token header', { tokenFrom: [{ header: 'authorization' }, { header: 'X-Access-Token' }] }, ['authorization', 'x-access-token']],
     ['custom token header with forwardToken', { tokenFrom: [{ header: 'x-access-token' }], forwardToken: true }, []],
-  ] as Array<[string, EngineOptions, string[]]>)('removeOnForward: %s', async (_name, options, expected) => {
+  ] as Array<[string, EngineOptions, string[]]>)('scrubHeadersForUpstream removes the token headers: %s', async (_name, options, expected) => {
     const e = await engine(options);
-    expect(e.removeOnForward).toEqual(expected);
+    const headers: Record<string, string | string[] | undefined> = { authorization: 'Bearer x', 'x-access-token': 'y', accept: '*/*' };
+    e.scrubHeadersForUpstream(headers);
+    const removed = ['authorization', 'x-access-token'].filter((h) => !(h in headers));
+    expect(removed).toEqual(expected);
+    expect(headers['accept']).toBe('*/*');
   });
 
   it('is ready with local keys and a loaded policy', async () => {
