@@ -76,8 +76,10 @@ export function createDiscoveredKeySource(
       const config = await discover(issuer, { timeoutSeconds: (options.timeoutMs ?? DEFAULT_DISCOVERY_TIMEOUT_SECONDS * 1000) / 1000 });
       const jwksUri = config.serverMetadata().jwks_uri;
       if (jwksUri === undefined) throw new Error(`the discovery document of ${issuer} has no jwks_uri`);
+      const url = new URL(jwksUri);
+      if (url.protocol !== 'https:' && !insecureAllowed(url)) throw new Error(`the jwks_uri of ${issuer} is not https`);
       options.onDiscovery?.('success');
-      if (!closed) inner = createRemoteKeySource(new URL(jwksUri), options);
+      if (!closed) inner = createRemoteKeySource(url, options);
     },
     (err) => options.onDiscovery?.('error', err),
   );

@@ -139,8 +139,9 @@ export function createIntrospectionAuthenticator(
       return { kind: 'failed', reason: 'TOKEN_ISSUER', detail: 'the token issuer is not trusted' };
     }
     const claims = copyClaims(answer);
-    const validUntilMs = typeof answer.exp === 'number' ? answer.exp * 1000 : Infinity;
-    const ttl = Math.min(state.cacheMs, validUntilMs - currentMs);
+    // The entry ends at cacheSeconds or the token's exp, whichever comes first, on the injected clock too.
+    const validUntilMs = Math.min(currentMs + state.cacheMs, typeof answer.exp === 'number' ? answer.exp * 1000 : Infinity);
+    const ttl = validUntilMs - currentMs;
     if (ttl > 0) cache.set(cacheKey, { claims, validUntilMs }, { ttl });
     return { kind: 'active', claims };
   }

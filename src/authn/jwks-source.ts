@@ -75,6 +75,23 @@ async function readLimited(response: Response, maxBytes: number): Promise<string
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** A JWK that can be a public signature key: known `kty`, its public members, no private part. */
+function isPublicKey(key: unknown): boolean {
+  if (typeof key !== 'object' || key === null) return false;
+  const k = key as Record<string, unknown>;
+  if (k['d'] !== undefined) return false;
+  switch (k['kty']) {
+    case 'RSA':
+      return typeof k['n'] === 'string' && typeof k['e'] === 'string';
+    case 'EC':
+      return typeof k['x'] === 'string' && typeof k['y'] === 'string';
+    case 'OKP':
+      return typeof k['x'] === 'string';
+    default:
+      return false;
+  }
+}
+
 /** Fetches and checks one JWKS document; throws on anything that is not a usable key set. */
 export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): Promise<{ jwks: JSONWebKeySet; keys: JWTVerifyGetKey }> {
   const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'error', headers: { accept: 'application/json' } });
@@ -87,7 +104,8 @@ export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): 
     throw new Error('JWKS endpoint answered something that is not a JWKS');
   }
   const jwks = parsed as JSONWebKeySet;
-  if (jwks.keys.length === 0) throw new Error('JWKS endpoint answered an empty key set');
+  // jose accepts any array of objects; a key set with no usable public key would replace good keys with nothing.
+  if (!jwks.keys.some(isPublicKey)) throw new Error('JWKS endpoint answered a key set without usable public keys');
   return { jwks, keys: createLocalJWKSet(jwks) };
 }
 
@@ -138,8 +156,10 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
     if (local === undefined) await refresh();
     const current = local;
     if (current === undefined) throw new KeysUnavailableError(`no keys could be fetched from ${url.href}`);
-    // Stale keys are refreshed in the background; this request is served with what we have.
-    if (now() - lastSuccess >= refreshMs && pending === undefined) void refresh();
+    // Stale keys are refreshed in the background; this request is served with what we have. After a
+    // failed attempt the next one waits a cooldown, so an IdP outage does not get one fetch per request.
+    const t = now();
+    if (t - lastSuccess >= refreshMs && t - lastAttempt >= cooldownMs && pending === undefined) void refresh();
     try {
       return await current(header, token);
     } catch (err) {

@@ -78,7 +78,7 @@ interface IssuerState {
 
 interface CachedToken {
   readonly claims: Claims;
-  /** Epoch ms after which the token is no longer valid (exp, or iat + maxTokenAge). */
+  /** Epoch ms after which the entry is not used: the token's exp, iat + maxTokenAge, or the cache period. */
   readonly validUntilMs: number;
 }
 
@@ -227,8 +227,8 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       const claims = copyClaims(payload);
       const expMs = (payload.exp ?? 0) * 1000;
       const ageLimitMs = state.maxTokenAgeSeconds > 0 && payload.iat !== undefined ? (payload.iat + state.maxTokenAgeSeconds) * 1000 : Infinity;
-      const validUntilMs = Math.min(expMs, ageLimitMs);
-      const ttl = Math.min(cacheMs, validUntilMs - currentMs);
+      const validUntilMs = Math.min(expMs, ageLimitMs, currentMs + cacheMs);
+      const ttl = validUntilMs - currentMs;
       if (ttl > 0) cache.set(cacheKey, { claims, validUntilMs }, { ttl });
       return { kind: 'authenticated', issuer: state.issuer, claims };
     } catch (err) {

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createJwtAuthenticator, type JwtIssuerOptions } from '../../../src/authn/jwt.js';
 import type { ReasonCode } from '../../../src/core/errors.js';
 import type { Authenticator, AuthnResult } from '../../../src/core/stages.js';
+import { sendJson, startLoopback, until as waitUntil, type Loopback } from './loopback.js';
 
 const ISSUER = 'https://idp.example.com/realms/demo';
 const OTHER_ISSUER = 'https://other-idp.example.com';
@@ -351,5 +352,199 @@ describe('createJwtAuthenticator: remote JWKS', () => {
     const result = await a.authenticate(await sign(RSA, baseClaims()));
     expect(a.missing()).toEqual([`keys of issuer ${ISSUER}`]);
     expect(verdict(result)).toBe('KEYS_UNAVAILABLE');
+  });
+});
+
+describe('createJwtAuthenticator: HMAC secrets', () => {
+  const SECRET = new TextEncoder().encode('an HMAC secret of well over 32 bytes, for tests');
+  const OTHER_SECRET = new TextEncoder().encode('another HMAC secret of over 32 bytes, for tests');
+
+  async function signHmac(alg: string, secret: Uint8Array, claims: JWTPayload = baseClaims()): Promise<string> {
+    return new SignJWT(claims).setProtectedHeader({ alg, typ: 'JWT' }).sign(secret);
+  }
+
+  function hmacIssuer(algorithms?: string[]): JwtIssuerOptions {
+    return { issuer: ISSUER, audiences: [AUDIENCE], keys: { secret: SECRET }, ...(algorithms === undefined ? {} : { algorithms }) };
+  }
+
+  const cases: Array<{ name: string; token: () => Promise<string>; algorithms?: string[]; expected: 'ok' | ReasonCode }> = [
+    { name: 'HS256 with the default algorithms (HS256)', token: () => signHmac('HS256', SECRET), expected: 'ok' },
+    { name: 'HS384 when HS384 is allowed', token: () => signHmac('HS384', SECRET), algorithms: ['HS384'], expected: 'ok' },
+    { name: 'HS384 when HS256 and HS384 are allowed', token: () => signHmac('HS384', SECRET), algorithms: ['HS256', 'HS384'], expected: 'ok' },
+    { name: 'HS256 when HS256 and HS384 are allowed', token: () => signHmac('HS256', SECRET), algorithms: ['HS256', 'HS384'], expected: 'ok' },
+    { name: 'HS384 with the default algorithms (HS256 only)', token: () => signHmac('HS384', SECRET), expected: 'TOKEN_INVALID' },
+    { name: 'HS512 when only HS256 is allowed', token: () => signHmac('HS512', SECRET), algorithms: ['HS256'], expected: 'TOKEN_INVALID' },
+    { name: 'HS256 signed with another secret', token: () => signHmac('HS256', OTHER_SECRET), expected: 'TOKEN_INVALID' },
+    { name: 'RS256 token for the HMAC issuer', token: () => sign(RSA, baseClaims()), expected: 'TOKEN_INVALID' },
+    { name: 'RS256 token for an issuer allowing HS256 and HS384', token: () => sign(RSA, baseClaims()), algorithms: ['HS256', 'HS384'], expected: 'TOKEN_INVALID' },
+    { name: 'ES256 token for the HMAC issuer', token: () => sign(EC, baseClaims()), expected: 'TOKEN_INVALID' },
+    { name: 'alg none', token: async () => `${b64url('{"alg":"none"}')}.${b64url(JSON.stringify(baseClaims()))}.`, expected: 'TOKEN_INVALID' },
+    { name: 'HS256, expired', token: () => signHmac('HS256', SECRET, baseClaims({ exp: NOW_S - 60 })), expected: 'TOKEN_EXPIRED' },
+    { name: 'HS256, wrong audience', token: () => signHmac('HS256', SECRET, baseClaims({ aud: 'billing-api' })), expected: 'TOKEN_AUDIENCE' },
+  ];
+  it.each(cases)('$name -> $expected', async ({ token, algorithms, expected }) => {
+    const a = authenticator([hmacIssuer(algorithms)]);
+    const result = await a.authenticate(await token());
+    expect(verdict(result)).toBe(expected);
+    if (result.kind === 'authenticated') expect(result.issuer).toBe(ISSUER);
+    expect(a.missing()).toEqual([]);
+  });
+});
+
+describe('createJwtAuthenticator: verified-token cache', () => {
+  function cachingAuthenticator(overrides: Partial<JwtIssuerOptions> = {}, cacheSeconds?: number): { a: Authenticator; clock: { s: number }; hits: boolean[] } {
+    const clockState = { s: NOW_S };
+    const hits: boolean[] = [];
+    const a = authenticator([issuer(overrides)], {
+      now: () => new Date(clockState.s * 1000),
+      events: { cache: (hit) => hits.push(hit) },
+      ...(cacheSeconds === undefined ? {} : { cacheSeconds }),
+    });
+    return { a, clock: clockState, hits };
+  }
+
+  it('a second authenticate of the same token is served from the cache, with the same claims', async () => {
+    const { a, hits } = cachingAuthenticator();
+    const token = await sign(RSA, baseClaims({ roles: ['reader'] }));
+    const first = await a.authenticate(token);
+    const second = await a.authenticate(token);
+    expect(verdict(first)).toBe('ok');
+    expect(second).toEqual(first);
+    expect(hits).toEqual([false, true]);
+    // Another token is its own entry.
+    expect(verdict(await a.authenticate(await sign(RSA, baseClaims({ sub: 'bob' }))))).toBe('ok');
+    expect(hits).toEqual([false, true, false]);
+  });
+
+  it('is never served past exp: after exp (and the skew) the token is TOKEN_EXPIRED, not a cached success', async () => {
+    const exp = NOW_S + 60;
+    const { a, clock, hits } = cachingAuthenticator();
+    const token = await sign(RSA, baseClaims({ exp }));
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    clock.s = exp - 1;
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    expect(hits).toEqual([false, true]);
+    // Past exp the cache no longer answers; within the skew the fresh verification still accepts.
+    clock.s = exp + 1;
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    expect(hits).toEqual([false, true, false]);
+    clock.s = exp + 31;
+    expect(verdict(await a.authenticate(token))).toBe('TOKEN_EXPIRED');
+    expect(hits).toEqual([false, true, false, false]);
+  });
+
+  it('maxTokenAgeSeconds is respected on cache hits', async () => {
+    const iat = NOW_S - 500;
+    const { a, clock, hits } = cachingAuthenticator({ maxTokenAgeSeconds: 600 });
+    const token = await sign(RSA, baseClaims({ iat, exp: NOW_S + 3_600 }));
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    clock.s = iat + 599;
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    expect(hits).toEqual([false, true]);
+    clock.s = iat + 601;
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    expect(hits).toEqual([false, true, false]);
+    clock.s = iat + 631;
+    expect(verdict(await a.authenticate(token))).toBe('TOKEN_EXPIRED');
+    expect(hits).toEqual([false, true, false, false]);
+  });
+
+  it('failures are not cached', async () => {
+    const { a, hits } = cachingAuthenticator();
+    const token = await sign(RSA, baseClaims({ aud: 'billing-api' }));
+    expect(verdict(await a.authenticate(token))).toBe('TOKEN_AUDIENCE');
+    expect(verdict(await a.authenticate(token))).toBe('TOKEN_AUDIENCE');
+    expect(hits).toEqual([false, false]);
+  });
+
+  it('cacheSeconds 0 turns the cache off', async () => {
+    const { a, hits } = cachingAuthenticator({}, 0);
+    const token = await sign(RSA, baseClaims());
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    expect(verdict(await a.authenticate(token))).toBe('ok');
+    expect(hits).toEqual([false, false]);
+  });
+
+  it('an entry of one issuer never answers for another issuer', async () => {
+    const hits: boolean[] = [];
+    const a = authenticator(
+      [
+        { issuer: ISSUER, audiences: [AUDIENCE], keys: { jwks: { keys: [KEY_A.jwk] } } },
+        { issuer: OTHER_ISSUER, audiences: [AUDIENCE], keys: { jwks: { keys: [KEY_B.jwk] } } },
+      ],
+      { ...clock, events: { cache: (hit) => hits.push(hit) } },
+    );
+    expect(verdict(await a.authenticate(await sign(KEY_A, baseClaims())))).toBe('ok');
+    expect(verdict(await a.authenticate(await sign(KEY_A, baseClaims({ iss: OTHER_ISSUER }))))).toBe('TOKEN_INVALID');
+    expect(hits).toEqual([false, false]);
+  });
+});
+
+describe('createJwtAuthenticator: discovery', () => {
+  const loopbacks: Loopback[] = [];
+  afterEach(async () => {
+    for (const l of loopbacks.splice(0)) await l.close();
+  });
+
+  interface Idp {
+    readonly origin: string;
+    document: ((origin: string) => Record<string, unknown>) | undefined;
+    discoveryCalls: number;
+    jwksCalls: number;
+  }
+
+  async function idp(document: Idp['document']): Promise<Idp> {
+    const state = { document, discoveryCalls: 0, jwksCalls: 0 };
+    const loopback = await startLoopback((req, res) => {
+      if (req.url === '/.well-known/openid-configuration') {
+        state.discoveryCalls++;
+        if (state.document === undefined) sendJson(res, 404, { error: 'not_found' });
+        else sendJson(res, 200, state.document(loopback.origin));
+      } else if (req.url === '/certs') {
+        state.jwksCalls++;
+        sendJson(res, 200, { keys: [RSA.jwk] });
+      } else sendJson(res, 404, { error: 'not_found' });
+    });
+    loopbacks.push(loopback);
+    return Object.assign(state, { origin: loopback.origin });
+  }
+
+  function discoveryAuthenticator(origin: string): { a: Authenticator; discovered: string[]; fetched: string[] } {
+    const discovered: string[] = [];
+    const fetched: string[] = [];
+    const a = authenticator([{ issuer: origin, audiences: [AUDIENCE], keys: { discovery: true } }], {
+      ...clock,
+      events: { discovered: (_issuer, result) => discovered.push(result), keysFetched: (_issuer, result) => fetched.push(result) },
+    });
+    return { a, discovered, fetched };
+  }
+
+  it('is ready after discovery and the JWKS fetch, then verifies a token of the issuer', async () => {
+    const server = await idp((origin) => ({ issuer: origin, jwks_uri: `${origin}/certs` }));
+    const { a, discovered, fetched } = discoveryAuthenticator(server.origin);
+    expect(a.missing()).toEqual([`keys of issuer ${server.origin}`]);
+    await waitUntil(() => a.missing().length === 0, 'discovery and the JWKS fetch');
+    expect(discovered).toEqual(['success']);
+    expect(fetched).toEqual(['success']);
+    const result = await a.authenticate(await sign(RSA, baseClaims({ iss: server.origin })));
+    expect(verdict(result)).toBe('ok');
+    expect(result.kind === 'authenticated' && result.issuer).toBe(server.origin);
+    expect([server.discoveryCalls, server.jwksCalls]).toEqual([1, 1]);
+  });
+
+  const neverReady: Array<[name: string, document: Idp['document']]> = [
+    ['the document names another issuer', (origin) => ({ issuer: 'https://evil.example.com', jwks_uri: `${origin}/certs` })],
+    ['the document names the issuer with another path', (origin) => ({ issuer: `${origin}/realms/other`, jwks_uri: `${origin}/certs` })],
+    ['the document has no jwks_uri', (origin) => ({ issuer: origin })],
+    ['there is no document (404)', undefined],
+  ];
+  it.each(neverReady)('%s: never ready, tokens get KEYS_UNAVAILABLE', async (_name, document) => {
+    const server = await idp(document);
+    const { a, discovered } = discoveryAuthenticator(server.origin);
+    await waitUntil(() => discovered.length > 0, 'the discovery attempt');
+    expect(discovered[0]).toBe('error');
+    expect(a.missing()).toEqual([`keys of issuer ${server.origin}`]);
+    expect(verdict(await a.authenticate(await sign(RSA, baseClaims({ iss: server.origin }))))).toBe('KEYS_UNAVAILABLE');
+    expect(server.jwksCalls).toBe(0);
   });
 });

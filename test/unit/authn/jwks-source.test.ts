@@ -1,0 +1,410 @@
+import { randomUUID } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { errors, exportJWK, generateKeyPair, jwtVerify, SignJWT, type CryptoKey, type JWK } from 'jose';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  createRemoteKeySource,
+  fetchJwks,
+  KeysUnavailableError,
+  type FetchResult,
+  type KeySource,
+  type RemoteKeySourceOptions,
+} from '../../../src/authn/jwks-source.js';
+import { closedPort, gate, sendJson, startLoopback, until, type Loopback } from './loopback.js';
+
+const T0 = Date.parse('2030-01-01T00:00:00Z');
+const COOLDOWN_MS = 30_000;
+const REFRESH_MS = 600_000;
+/** Small enough for a test, large enough for a JWKS of two RSA keys (about 1 KiB). */
+const MAX_BYTES = 4_096;
+/** Small enough for a test, far above a loopback round trip. */
+const TIMEOUT_MS = 400;
+
+interface TestKey {
+  readonly kid: string;
+  readonly privateKey: CryptoKey;
+  readonly jwk: JWK;
+}
+
+async function testKey(kid: string): Promise<TestKey> {
+  const { publicKey, privateKey } = await generateKeyPair('RS256');
+  return { kid, privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg: 'RS256', use: 'sig' } };
+}
+
+const OLD = await testKey('old-1');
+const NEW = await testKey('new-1');
+/** A key the IdP never publishes: its tokens carry kids nobody knows. */
+const STRANGER = await testKey('stranger');
+
+async function sign(key: TestKey, kid: string = key.kid): Promise<string> {
+  return new SignJWT({ sub: 'alice' }).setProtectedHeader({ alg: 'RS256', kid }).sign(key.privateKey);
+}
+
+const OLD_TOKEN = await sign(OLD);
+const NEW_TOKEN = await sign(NEW);
+const unknownKidToken = (): Promise<string> => sign(STRANGER, `unknown-${randomUUID()}`);
+
+// ---------------------------------------------------------------------------------------------------------
+// The remote side: a JWKS endpoint that counts requests and whose answer the test can change.
+
+type Reply = (res: ServerResponse) => void;
+
+const serveKeys =
+  (...keys: TestKey[]): Reply =>
+  (res) =>
+    sendJson(res, 200, { keys: keys.map((k) => k.jwk) });
+
+const raw =
+  (status: number, body: string, headers: Record<string, string> = { 'content-type': 'application/json' }): Reply =>
+  (res) => {
+    res.writeHead(status, headers);
+    res.end(body);
+  };
+
+/** Sent in pieces without content-length (chunked), so only counting the bytes read can catch the size. */
+const chunked =
+  (body: string): Reply =>
+  (res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    for (let i = 0; i < body.length; i += 1_024) res.write(body.slice(i, i + 1_024));
+    res.end();
+  };
+
+const hang: Reply = () => {
+  // Never answers; the client must give up after timeoutMs.
+};
+
+const held =
+  (wait: Promise<void>, reply: Reply): Reply =>
+  (res) => {
+    void wait.then(() => reply(res));
+  };
+
+interface JwksServer {
+  readonly url: URL;
+  requests: number;
+  reply: Reply;
+}
+
+const servers: Loopback[] = [];
+const sources: KeySource[] = [];
+afterEach(async () => {
+  for (const s of sources.splice(0)) s.close();
+  for (const s of servers.splice(0)) await s.close();
+});
+
+async function jwksServer(reply: Reply = serveKeys(OLD)): Promise<JwksServer> {
+  const state = { requests: 0, reply };
+  const loopback = await startLoopback((_req, res) => {
+    state.requests++;
+    state.reply(res);
+  });
+  servers.push(loopback);
+  const url = new URL(`${loopback.origin}/certs`);
+  return Object.assign(state, { url });
+}
+
+interface Harness {
+  readonly source: KeySource;
+  readonly clock: { ms: number };
+  readonly fetches: Array<{ result: FetchResult; error: Error | undefined }>;
+  verify(token: string): Promise<unknown>;
+}
+
+function keySource(url: URL, options: RemoteKeySourceOptions = {}): Harness {
+  const clock = { ms: T0 };
+  const fetches: Harness['fetches'] = [];
+  const source = createRemoteKeySource(url, {
+    cooldownMs: COOLDOWN_MS,
+    refreshMs: REFRESH_MS,
+    ...options,
+    now: () => clock.ms,
+    onFetch: (result, error) => fetches.push({ result, error }),
+  });
+  sources.push(source);
+  return { source, clock, fetches, verify: async (token) => (await jwtVerify(token, source.getKey)).payload };
+}
+
+/** A source whose initial fetch has completed (successfully). */
+async function loadedSource(server: JwksServer, options: RemoteKeySourceOptions = {}): Promise<Harness> {
+  const h = keySource(server.url, options);
+  await until(() => h.fetches.length === 1, 'the initial JWKS fetch');
+  expect(h.fetches[0]?.result).toBe('success');
+  expect(h.source.ready()).toBe(true);
+  expect(server.requests).toBe(1);
+  return h;
+}
+
+describe('createRemoteKeySource: initial fetch', () => {
+  it('fetches the keys at construction; ready() is false until they are loaded, true after', async () => {
+    const release = gate();
+    const server = await jwksServer(held(release.wait, serveKeys(OLD)));
+    const h = keySource(server.url);
+    expect(h.source.ready()).toBe(false);
+    // The request goes out without any getKey call.
+    await until(() => server.requests === 1, 'the JWKS request');
+    expect(h.source.ready()).toBe(false);
+
+    release.release();
+    await until(() => h.source.ready(), 'the keys to be loaded');
+    await until(() => h.fetches.length === 1, 'onFetch');
+    expect(h.fetches.map((f) => f.result)).toEqual(['success']);
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(1);
+  });
+
+  it('a getKey call made before the keys arrive waits for the initial fetch instead of starting another', async () => {
+    const release = gate();
+    const server = await jwksServer(held(release.wait, serveKeys(OLD)));
+    const h = keySource(server.url);
+    await until(() => server.requests === 1, 'the JWKS request');
+    const verified = h.verify(OLD_TOKEN);
+    release.release();
+    await expect(verified).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(1);
+  });
+
+  it('never fetched and the endpoint is down: getKey throws KeysUnavailableError', async () => {
+    const port = await closedPort();
+    const h = keySource(new URL(`http://127.0.0.1:${port}/certs`), { timeoutMs: 2_000 });
+    await expect(h.verify(OLD_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(h.source.ready()).toBe(false);
+    expect(h.fetches.length).toBeGreaterThanOrEqual(1);
+    expect(h.fetches.every((f) => f.result === 'error' && f.error instanceof Error)).toBe(true);
+  });
+
+  it('never fetched and the endpoint answers 500: getKey throws KeysUnavailableError', async () => {
+    const server = await jwksServer(raw(500, JSON.stringify({ keys: [OLD.jwk] })));
+    const h = keySource(server.url);
+    await expect(h.verify(OLD_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(h.source.ready()).toBe(false);
+  });
+
+  const badOptions: Array<[name: string, options: RemoteKeySourceOptions]> = [
+    ['timeoutMs 0', { timeoutMs: 0 }],
+    ['negative cooldownMs', { cooldownMs: -1 }],
+    ['refreshMs 0', { refreshMs: 0 }],
+    ['maxBytes 0', { maxBytes: 0 }],
+    ['timeoutMs NaN', { timeoutMs: Number.NaN }],
+  ];
+  it.each(badOptions)('rejects %s with a TypeError when built', (_name, options) => {
+    expect(() => createRemoteKeySource(new URL('http://127.0.0.1:1/certs'), options)).toThrow(TypeError);
+  });
+});
+
+describe('createRemoteKeySource: refetch on an unknown kid', () => {
+  it('50 concurrent unknown kids right after the initial fetch cause at most one extra fetch', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+    const tokens = await Promise.all(Array.from({ length: 50 }, unknownKidToken));
+
+    const results = await Promise.allSettled(tokens.map((t) => h.verify(t)));
+    for (const r of results) {
+      expect(r.status).toBe('rejected');
+      if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(errors.JWKSNoMatchingKey);
+    }
+    expect(server.requests - 1).toBeLessThanOrEqual(1);
+  });
+
+  it('concurrent misses past the cooldown share exactly one fetch; misses inside the next cooldown fetch nothing', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+
+    h.clock.ms += COOLDOWN_MS + 1;
+    const tokens = await Promise.all(Array.from({ length: 50 }, unknownKidToken));
+    const results = await Promise.allSettled(tokens.map((t) => h.verify(t)));
+    expect(results.every((r) => r.status === 'rejected' && r.reason instanceof errors.JWKSNoMatchingKey)).toBe(true);
+    expect(server.requests).toBe(2);
+
+    // Further unknown kids inside the cooldown: no fetch at all, concurrent or one after another.
+    h.clock.ms += COOLDOWN_MS - 1;
+    await Promise.allSettled((await Promise.all(Array.from({ length: 10 }, unknownKidToken))).map((t) => h.verify(t)));
+    for (let i = 0; i < 5; i++) await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(2);
+
+    // Past the cooldown again: one more miss, exactly one more fetch.
+    h.clock.ms += 2;
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(3);
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(3);
+    // The old keys served all along.
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(h.fetches.map((f) => f.result)).toEqual(['success', 'success', 'success']);
+  });
+
+  it('picks up a rotated key: a token with the new kid is accepted after one refetch', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+    server.reply = serveKeys(NEW);
+
+    // Inside the cooldown that follows the initial fetch the new kid is not looked up.
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(1);
+
+    h.clock.ms += COOLDOWN_MS + 1;
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(2);
+    // The new set replaced the old one; the new key is served without further fetches.
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    await expect(h.verify(OLD_TOKEN)).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(2);
+  });
+
+  it('a rotation that keeps the old key serves both', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+    server.reply = serveKeys(OLD, NEW);
+    h.clock.ms += COOLDOWN_MS + 1;
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(2);
+  });
+});
+
+describe('createRemoteKeySource: a bad answer never replaces good keys', () => {
+  const big = JSON.stringify({ keys: [OLD.jwk], padding: 'x'.repeat(MAX_BYTES * 2) });
+  const garbage: Array<[name: string, reply: Reply]> = [
+    ['HTTP 500 (even with a valid JWKS body)', raw(500, JSON.stringify({ keys: [OLD.jwk] }))],
+    ['a body that is not JSON', raw(200, '<html>maintenance</html>', { 'content-type': 'text/html' })],
+    ['{"keys":"x"}', raw(200, '{"keys":"x"}')],
+    ['{"keys":[]}', raw(200, '{"keys":[]}')],
+    ['JSON null', raw(200, 'null')],
+    ['{"keys":["x"]}', raw(200, '{"keys":["x"]}')],
+    ['a body over maxBytes with content-length', raw(200, big)],
+    ['a body over maxBytes, chunked', chunked(big)],
+    ['no answer within timeoutMs', hang],
+  ];
+  const triggers = [
+    {
+      trigger: 'background refresh after refreshMs',
+      run: async (h: Harness): Promise<void> => {
+        h.clock.ms += REFRESH_MS;
+        // Answered from the current keys while the refresh runs in the background.
+        await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+        await until(() => h.fetches.length === 2, 'the background refresh');
+      },
+    },
+    {
+      trigger: 'unknown kid past the cooldown',
+      run: async (h: Harness): Promise<void> => {
+        h.clock.ms += COOLDOWN_MS + 1;
+        await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+        expect(h.fetches.length).toBe(2);
+      },
+    },
+  ];
+  const cases = garbage.flatMap(([name, reply]) => triggers.map((t) => ({ name, reply, ...t })));
+
+  it.each(cases)('$name ($trigger): old keys keep serving, onFetch reports error', async ({ reply, run }) => {
+    const server = await jwksServer();
+    const h = await loadedSource(server, { maxBytes: MAX_BYTES, timeoutMs: TIMEOUT_MS });
+    server.reply = reply;
+
+    await run(h);
+    expect(server.requests).toBe(2);
+    expect(h.fetches[1]?.result).toBe('error');
+    expect(h.fetches[1]?.error).toBeInstanceOf(Error);
+    expect(h.source.ready()).toBe(true);
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+  });
+
+  // "answers something that is not a usable JWKS is counted and ignored": a set whose only member is not a key.
+  it('a key set whose members are not keys ({"keys":[{}]}) does not replace good keys', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+    server.reply = raw(200, '{"keys":[{}]}');
+    h.clock.ms += COOLDOWN_MS + 1;
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(2);
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(h.fetches[1]?.result).toBe('error');
+  });
+
+  it('a good answer after bad ones is taken', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+    server.reply = raw(503, 'down');
+    h.clock.ms += COOLDOWN_MS + 1;
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    server.reply = serveKeys(OLD, NEW);
+    h.clock.ms += COOLDOWN_MS + 1;
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(h.fetches.map((f) => f.result)).toEqual(['success', 'error', 'success']);
+  });
+});
+
+describe('createRemoteKeySource: background refresh', () => {
+  it('before refreshMs nothing is fetched; after it one getKey starts one background fetch and is answered from the current keys', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+
+    h.clock.ms += REFRESH_MS - 1;
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(1);
+
+    const release = gate();
+    server.reply = held(release.wait, serveKeys(OLD, NEW));
+    h.clock.ms += 1;
+    // Answered while the refresh is still held by the server: from the keys we have.
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    await until(() => server.requests === 2, 'the background fetch');
+    // More requests while it runs do not start more fetches.
+    await Promise.all([h.verify(OLD_TOKEN), h.verify(OLD_TOKEN), h.verify(OLD_TOKEN)]);
+    expect(h.fetches.length).toBe(1);
+
+    release.release();
+    await until(() => h.fetches.length === 2, 'the background fetch to finish');
+    expect(h.fetches[1]?.result).toBe('success');
+    // The refreshed set is in use (the new key verifies without a miss-triggered fetch) and is fresh again.
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(2);
+  });
+
+  // The module header: "refreshed in the background every refreshMs". A refresh that failed must not turn
+  // into one fetch per request while the IdP is down.
+  it('a failed background refresh is not retried by every following request', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server);
+    server.reply = raw(500, 'down');
+    h.clock.ms += REFRESH_MS;
+    await h.verify(OLD_TOKEN);
+    await until(() => h.fetches.length === 2, 'the background refresh');
+    expect(h.fetches[1]?.result).toBe('error');
+
+    for (let i = 0; i < 5; i++) {
+      await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    // Let any fetch those requests started reach the server.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(server.requests).toBe(2);
+  });
+});
+
+describe('fetchJwks', () => {
+  it('returns the key set and a key resolver for it', async () => {
+    const server = await jwksServer(serveKeys(OLD, NEW));
+    const { jwks, keys } = await fetchJwks(server.url, TIMEOUT_MS, MAX_BYTES);
+    expect(jwks.keys.map((k) => k.kid)).toEqual([OLD.kid, NEW.kid]);
+    await expect(jwtVerify(NEW_TOKEN, keys)).resolves.toMatchObject({ payload: { sub: 'alice' } });
+  });
+
+  const failures: Array<[name: string, reply: Reply]> = [
+    ['HTTP 500', raw(500, JSON.stringify({ keys: [OLD.jwk] }))],
+    ['HTTP 302 (redirects are not followed)', raw(302, '', { location: '/elsewhere' })],
+    ['not JSON', raw(200, 'keys')],
+    ['keys not an array', raw(200, '{"keys":"x"}')],
+    ['no keys member', raw(200, '{}')],
+    ['an empty key set', raw(200, '{"keys":[]}')],
+    ['a body over maxBytes', raw(200, JSON.stringify({ keys: [OLD.jwk], padding: 'x'.repeat(MAX_BYTES) }))],
+    ['a chunked body over maxBytes', chunked(JSON.stringify({ keys: [OLD.jwk], padding: 'x'.repeat(MAX_BYTES) }))],
+    ['no answer within the timeout', hang],
+  ];
+  it.each(failures)('throws on %s', async (_name, reply) => {
+    const server = await jwksServer(reply);
+    await expect(fetchJwks(server.url, TIMEOUT_MS, MAX_BYTES)).rejects.toThrow();
+    expect(server.requests).toBe(1);
+  });
+});
