@@ -48,6 +48,8 @@ declare module 'oidc-provider' {
     readonly clientId?: string;
     readonly accountId?: string;
     readonly scope?: string;
+    /** resolved from the resource server's accessTokenFormat (set before extraTokenClaims is called) */
+    readonly format?: 'opaque' | 'jwt';
   }
 
   export interface ErrorOut {
@@ -83,7 +85,11 @@ declare module 'oidc-provider' {
     features?: {
       devInteractions?: { enabled: boolean };
       clientCredentials?: { enabled: boolean };
-      introspection?: { enabled: boolean };
+      introspection?: {
+        enabled: boolean;
+        /** whether the authenticated caller may learn about the token; false answers `{ active: false }` */
+        allowedPolicy?: (ctx: KoaContextWithOIDC, client: unknown, token: IssuedToken) => boolean | Promise<boolean>;
+      };
       revocation?: { enabled: boolean };
       rpInitiatedLogout?: { enabled: boolean };
       resourceIndicators?: {

@@ -4,16 +4,24 @@
  * A REAL OpenID Provider (`oidc-provider` v9) on loopback for integration tests.
  *
  * - client_credentials grant with client_secret_basic;
- * - resource indicators (RFC 8707): every configured audience is a resource server that gets JWT access tokens
- *   (`typ: at+jwt`, RS256, key generated per provider), `aud` = the requested `resource` (default: first audience);
+ * - resource indicators (RFC 8707): every configured audience is a resource server; it gets JWT access tokens
+ *   (`typ: at+jwt`, RS256, key generated per provider) unless listed in `opaqueAudiences`, then opaque ones
+ *   (random strings, only meaningful through introspection); `aud` = the requested `resource` (default: first
+ *   audience);
  * - `roles` claim from the client's configured roles, `sub` = client id (oidc-provider's own default for
- *   client_credentials JWTs), `client_id`, `iss`, `iat`, `exp`, `jti`, and `scope` when scopes were requested;
+ *   client_credentials JWTs; added as an extra claim for opaque tokens so introspection answers carry it too),
+ *   `client_id`, `iss`, `iat`, `exp`, `jti`, and `scope` when scopes were requested;
+ * - RFC 7662 introspection at `introspectionEndpoint` (listed in discovery), answering any authenticated client
+ *   (`introspectionClients` registers dedicated resource-server clients that cannot obtain tokens);
+ * - test knobs working at the node:http level: per-path request counting, key rotation, stop/start on the same
+ *   port, hanging, and a JWKS body override;
  * - in-memory storage private to each provider, so several providers can run side by side in one process
  *   (e.g. a second one as an "unknown issuer").
  *
  * oidc-provider's quick-start warnings are avoided by configuration (own adapter, own keys, no dev interactions,
- * explicit TTLs and resource-server policy); the one printed on import under Node < 22 ("Unsupported runtime")
- * is filtered out while the module loads. Secrets are never logged or put into error messages.
+ * explicit TTLs, resource-server and introspection policy); the one printed on import under Node < 22
+ * ("Unsupported runtime") is filtered out while the module loads. Secrets are never logged or put into error
+ * messages, and the request log keeps no header values.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -25,12 +33,42 @@ export interface TestProviderOptions {
   /** clients to register: id, secret, and the roles claim value to put into access tokens issued to it */
   clients?: Array<{ clientId: string; clientSecret: string; roles?: string[] }>;
   /**
-   * resource servers (audiences) that tokens may be requested for; default ['http://orders-api'].
-   * oidc-provider requires resource indicators to be absolute URIs (e.g. 'urn:orders-api', 'https://orders-api').
+   * resource servers (audiences) that tokens may be requested for; default ['http://orders-api'] (or, when
+   * only `opaqueAudiences` is given, just those). oidc-provider requires resource indicators to be absolute URIs
+   * (e.g. 'urn:orders-api', 'https://orders-api').
    */
   audiences?: string[];
+  /**
+   * resource servers whose access tokens are opaque (`accessTokenFormat: 'opaque'`) instead of JWTs; added to
+   * `audiences` when not already listed there. Such tokens are checked through the introspection endpoint.
+   */
+  opaqueAudiences?: string[];
+  /**
+   * confidential clients (typically the resource servers / the sidecar) that may call the introspection endpoint
+   * but cannot obtain tokens. `authMethod` becomes their `token_endpoint_auth_method`, which oidc-provider also
+   * applies at the introspection endpoint. NOTE: oidc-provider v9 accepts client_secret_basic and
+   * client_secret_post interchangeably for a client registered with either, so the registered method does not
+   * make the other one fail; use `requestLog[i].authScheme` to see which one a caller actually used.
+   * Every token client (`clients`) can introspect as well (client_secret_basic registered).
+   */
+  introspectionClients?: IntrospectionClient[];
   /** access token TTL in seconds (default 300) */
   accessTokenTtlSeconds?: number;
+}
+
+export interface IntrospectionClient {
+  clientId: string;
+  clientSecret: string;
+  authMethod: 'client_secret_basic' | 'client_secret_post';
+}
+
+/** One request as seen by the node:http server (before hang / override / oidc-provider); no header values. */
+export interface RecordedRequest {
+  method: string;
+  /** URL path without the query string, e.g. '/jwks' */
+  path: string;
+  /** lower-cased scheme of the Authorization header ('basic', 'bearer', ...) or undefined when absent */
+  authScheme: string | undefined;
 }
 
 export interface TestProvider {
@@ -38,12 +76,51 @@ export interface TestProvider {
   issuer: string;
   /** the provider's jwks_uri */
   jwksUri: string;
+  /** `${issuer}/.well-known/openid-configuration` */
+  readonly discoveryUrl: string;
+  /** the provider's token_endpoint */
+  readonly tokenEndpoint: string;
+  /** the provider's introspection_endpoint (RFC 7662), also listed in discovery */
+  readonly introspectionEndpoint: string;
+  /** the loopback port; stays the same across stop()/start() */
+  readonly port: number;
+  /** `kid` of the key new JWT access tokens are signed with (changes on rotateKeys()) */
+  readonly currentKid: string;
   /**
    * client_credentials grant over real HTTP to the token endpoint (client_secret_basic); returns the access token
-   * (a JWT). Throws when the provider refuses (the error message carries the HTTP status and the OAuth error).
-   * `clientSecret` overrides the registered secret (for negative tests); it is required for unregistered clients.
+   * (a JWT, or an opaque string for an audience in `opaqueAudiences`). Throws when the provider refuses (the error
+   * message carries the HTTP status and the OAuth error). `clientSecret` overrides the registered secret (for
+   * negative tests); it is required for unregistered clients. Subject to `hang` and stop() like any caller.
    */
   getToken(clientId: string, opts?: { audience?: string; scope?: string; clientSecret?: string }): Promise<string>;
+  /**
+   * How many requests reached the HTTP server whose path ends with `pathSuffix` (e.g. '/jwks',
+   * '/token/introspection'; an absolute URL such as `jwksUri` is reduced to its path); all requests when omitted.
+   * Counted on arrival, so hung requests and JWKS-override answers count too.
+   */
+  requests(pathSuffix?: string): number;
+  /** every request since start (or the last resetRequests()), oldest first */
+  readonly requestLog: readonly RecordedRequest[];
+  /** clears the request log / counters */
+  resetRequests(): void;
+  /**
+   * Generates a new RS256 key with a new `kid`; tokens issued afterwards are signed with it and the JWKS serves it
+   * first. `keepOld` (default true) keeps serving the previous keys too, as real IdPs do during a rollover.
+   * Implemented by swapping in a new oidc-provider instance (same issuer, clients and storage) behind the same
+   * server, so opaque tokens issued before still introspect.
+   */
+  rotateKeys(opts?: { keepOld?: boolean }): Promise<void>;
+  /** Outage: closes the listener and destroys every open connection; state (tokens, keys, counters) is kept. */
+  stop(): Promise<void>;
+  /** Listens again on the SAME port after stop(); no-op while listening; rejects after close(). */
+  start(): Promise<void>;
+  /**
+   * While true, every new request is accepted but never answered (its connection is only destroyed by stop() or
+   * close()). Use with a client-side timeout, e.g. `fetch(url, { signal: AbortSignal.timeout(300) })`.
+   */
+  hang: boolean;
+  /** While set, requests to the JWKS path answer 200 `application/json` with exactly this body. */
+  jwksOverride: string | undefined;
   /** Closes the listener and every open (keep-alive) connection. Idempotent. */
   close(): Promise<void>;
 }
@@ -54,9 +131,14 @@ const DEFAULT_CLIENTS = [{ clientId: 'orders-client', clientSecret: 'orders-clie
 /** Scopes oidc-provider treats as OpenID Connect scopes; not meaningful for client_credentials resource tokens. */
 const OIDC_SCOPES = new Set(['openid', 'offline_access']);
 
+type SigningKey = Record<string, unknown> & { kid: string };
+
 export async function startTestProvider(opts: TestProviderOptions = {}): Promise<TestProvider> {
-  const audiences = opts.audiences ?? DEFAULT_AUDIENCES;
+  const opaqueAudiences = opts.opaqueAudiences ?? [];
+  const audiences = [...(opts.audiences ?? (opaqueAudiences.length > 0 ? [] : DEFAULT_AUDIENCES))];
+  for (const audience of opaqueAudiences) if (!audiences.includes(audience)) audiences.push(audience);
   const clients = opts.clients ?? DEFAULT_CLIENTS;
+  const introspectionClients = opts.introspectionClients ?? [];
   const ttl = opts.accessTokenTtlSeconds ?? 300;
   if (audiences.length === 0) throw new Error('startTestProvider: at least one audience is required');
   for (const audience of audiences) {
@@ -65,47 +147,80 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
     }
   }
   if (!Number.isSafeInteger(ttl) || ttl <= 0) throw new Error('startTestProvider: accessTokenTtlSeconds must be a positive integer');
+  const clientIds = [...clients, ...introspectionClients].map((c) => c.clientId);
+  const duplicate = clientIds.find((id, i) => clientIds.indexOf(id) !== i);
+  if (duplicate !== undefined) throw new Error(`startTestProvider: client id ${JSON.stringify(duplicate)} is registered twice`);
+  for (const c of introspectionClients) {
+    if (c.authMethod !== 'client_secret_basic' && c.authMethod !== 'client_secret_post') {
+      throw new Error(`startTestProvider: unsupported authMethod for introspection client ${JSON.stringify(c.clientId)}`);
+    }
+  }
   const defaultAudience = audiences[0] as string;
   const audienceSet = new Set(audiences);
+  const opaqueSet = new Set(opaqueAudiences);
   const rolesByClient = new Map(clients.map((c) => [c.clientId, c.roles]));
   const secretByClient = new Map(clients.map((c) => [c.clientId, c.clientSecret]));
 
   const { Provider, errors } = await loadOidcProvider();
 
+  // Request handling, outermost first: record -> hang -> JWKS override -> the current oidc-provider instance.
+  let requestLog: RecordedRequest[] = [];
+  let hang = false;
+  let jwksOverride: string | undefined;
+  let jwksPath = '/jwks';
   // Bind first: the issuer must contain the final port before the Provider is constructed.
   let listener: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => {
     res.writeHead(503, { 'content-type': 'text/plain' }).end('provider starting');
   };
-  const server: Server = createServer((req, res) => listener(req, res));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
+  const server: Server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?', 1)[0] ?? '/';
+    const authorization = req.headers.authorization;
+    requestLog.push({
+      method: req.method ?? 'GET',
+      path,
+      authScheme: authorization === undefined ? undefined : (authorization.split(' ', 1)[0] ?? '').toLowerCase(),
     });
+    if (hang) return; // accepted, never answered; stop()/close() destroy the socket
+    if (jwksOverride !== undefined && path === jwksPath) {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(jwksOverride);
+      return;
+    }
+    listener(req, res);
   });
+  await listen(server, 0);
   const { port } = server.address() as AddressInfo;
   const issuer = `http://127.0.0.1:${port}`;
 
-  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
-  const jwk = await exportJWK(privateKey);
-  const signingKey = { ...jwk, kid: await calculateJwkThumbprint(jwk), alg: 'RS256', use: 'sig' };
+  const adapter = createAdapterFactory(); // shared by every provider instance (rotation keeps the tokens)
+  let keys: SigningKey[] = [await generateSigningKey()];
 
-  const configuration: Configuration = {
-    adapter: createAdapterFactory(),
-    jwks: { keys: [signingKey] },
-    clients: clients.map((c) => ({
-      client_id: c.clientId,
-      client_secret: c.clientSecret,
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_basic',
-    })),
+  const buildConfiguration = (signingKid: string): Configuration => ({
+    adapter,
+    jwks: { keys: keys.map((k) => ({ ...k })) },
+    clients: [
+      ...clients.map((c) => ({
+        client_id: c.clientId,
+        client_secret: c.clientSecret,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic' as const,
+      })),
+      ...introspectionClients.map((c) => ({
+        client_id: c.clientId,
+        client_secret: c.clientSecret,
+        grant_types: [],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: c.authMethod,
+      })),
+    ],
     ttl: { ClientCredentials: ttl, AccessToken: ttl },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // Any authenticated (confidential) client may introspect any token; the default policy prints a notice.
+      introspection: { enabled: true, allowedPolicy: () => true },
       resourceIndicators: {
         enabled: true,
         // Called with oneOf=undefined for client_credentials without `resource`: use the first audience.
@@ -117,19 +232,25 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
           }
           // Accept whatever (non-OIDC) scopes were requested; oidc-provider filters requested scopes against this.
           const scope = [...ctx.oidc.requestParamScopes].filter((s) => s !== '' && !OIDC_SCOPES.has(s)).join(' ');
-          return {
-            scope,
-            audience: resourceIndicator,
-            accessTokenFormat: 'jwt',
-            accessTokenTTL: ttl,
-            jwt: { sign: { alg: 'RS256' } },
-          };
+          return opaqueSet.has(resourceIndicator)
+            ? { scope, audience: resourceIndicator, accessTokenFormat: 'opaque', accessTokenTTL: ttl }
+            : {
+                scope,
+                audience: resourceIndicator,
+                accessTokenFormat: 'jwt',
+                accessTokenTTL: ttl,
+                jwt: { sign: { alg: 'RS256', kid: signingKid } },
+              };
         },
       },
     },
     extraTokenClaims: (_ctx, token) => {
-      const roles = token.clientId === undefined ? undefined : rolesByClient.get(token.clientId);
-      return roles === undefined ? undefined : { roles: [...roles] };
+      if (token.clientId === undefined) return undefined;
+      const roles = rolesByClient.get(token.clientId);
+      // JWTs get `sub` = client_id from oidc-provider itself; introspection of opaque tokens only reports
+      // `sub` for tokens with an account, so put it into the stored extra claims (introspection spreads them).
+      const sub = token.format === 'opaque' ? { sub: token.clientId } : undefined;
+      return roles === undefined && sub === undefined ? undefined : { ...sub, ...(roles && { roles: [...roles] }) };
     },
     // Defaults print "you SHOULD change it" notices; these are the test-appropriate answers.
     clientBasedCORS: () => false,
@@ -137,37 +258,112 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
       ctx.type = 'application/json';
       ctx.body = out;
     },
-  };
+  });
 
-  let provider: OidcProvider;
-  try {
-    provider = quietly(() => new Provider(issuer, configuration));
-  } catch (err) {
-    server.close();
-    throw err;
-  }
-  // Keep Koa/oidc-provider from printing; remember the last internal error for getToken's message.
-  provider.silent = true;
+  // Remember the last internal error for getToken's message (never printed).
   const serverErrors: string[] = [];
   const remember = (_ctx: unknown, err: unknown): void => {
     serverErrors.push(err instanceof Error ? err.message : 'non-Error thrown');
   };
-  provider.on('server_error', remember);
-  provider.on('error', (err: unknown) => remember(undefined, err));
 
-  const koaHandler = provider.callback();
-  listener = (req, res) => {
-    void koaHandler(req, res);
+  /** Constructs a provider for the current `keys` (first one signs) and routes the server to it. */
+  const activate = (): OidcProvider => {
+    const provider = quietly(() => new Provider(issuer, buildConfiguration((keys[0] as SigningKey).kid)));
+    provider.silent = true; // keep Koa/oidc-provider from printing
+    provider.on('server_error', remember);
+    provider.on('error', (err: unknown) => remember(undefined, err));
+    const koaHandler = provider.callback();
+    listener = (req, res) => {
+      void koaHandler(req, res);
+    };
+    return provider;
   };
+
+  let provider: OidcProvider;
+  try {
+    provider = activate();
+  } catch (err) {
+    server.close();
+    throw err;
+  }
 
   const tokenEndpoint = provider.urlFor('token');
   const jwksUri = provider.urlFor('jwks');
+  const introspectionEndpoint = provider.urlFor('introspection');
+  jwksPath = new URL(jwksUri).pathname;
 
+  // Lifecycle operations run one at a time.
+  let state: 'listening' | 'stopped' | 'closed' = 'listening';
+  let queue: Promise<unknown> = Promise.resolve();
+  const serially = <T>(fn: () => Promise<T>): Promise<T> => {
+    const result = queue.then(fn);
+    queue = result.catch(() => undefined);
+    return result;
+  };
   let closed: Promise<void> | undefined;
 
   return {
     issuer,
     jwksUri,
+    discoveryUrl: `${issuer}/.well-known/openid-configuration`,
+    tokenEndpoint,
+    introspectionEndpoint,
+    port,
+    get currentKid() {
+      return (keys[0] as SigningKey).kid;
+    },
+    get hang() {
+      return hang;
+    },
+    set hang(value: boolean) {
+      hang = value;
+    },
+    get jwksOverride() {
+      return jwksOverride;
+    },
+    set jwksOverride(value: string | undefined) {
+      jwksOverride = value;
+    },
+    get requestLog() {
+      return requestLog;
+    },
+    requests(pathSuffix) {
+      if (pathSuffix === undefined) return requestLog.length;
+      const suffix = URL.parse(pathSuffix)?.pathname ?? pathSuffix;
+      return requestLog.filter((r) => r.path.endsWith(suffix)).length;
+    },
+    resetRequests() {
+      requestLog = [];
+    },
+    rotateKeys(rotateOpts = {}) {
+      return serially(async () => {
+        if (state === 'closed') throw new Error('rotateKeys: the provider is closed');
+        const fresh = await generateSigningKey();
+        const previous = keys;
+        keys = rotateOpts.keepOld === false ? [fresh] : [fresh, ...previous];
+        try {
+          provider = activate();
+        } catch (err) {
+          keys = previous;
+          throw err;
+        }
+      });
+    },
+    stop() {
+      return serially(async () => {
+        if (state !== 'listening') return;
+        await closeServer(server);
+        state = 'stopped';
+      });
+    },
+    start() {
+      return serially(async () => {
+        if (state === 'closed') throw new Error('start: the provider is closed');
+        if (state === 'listening') return;
+        await listen(server, port);
+        state = 'listening';
+      });
+    },
     async getToken(clientId, tokenOpts = {}) {
       const secret = tokenOpts.clientSecret ?? secretByClient.get(clientId);
       if (secret === undefined) {
@@ -203,19 +399,48 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
         throw new Error(`token request for client ${JSON.stringify(clientId)} failed: HTTP ${res.status} ${err}${detail}`);
       }
       const token = isRecord(json) ? json.access_token : undefined;
-      if (typeof token !== 'string' || token.split('.').length !== 3) {
-        throw new Error(`token endpoint answered HTTP ${res.status} without a JWT access_token`);
+      const opaque = opaqueSet.has(tokenOpts.audience ?? defaultAudience);
+      if (typeof token !== 'string' || token === '' || (!opaque && token.split('.').length !== 3)) {
+        throw new Error(`token endpoint answered HTTP ${res.status} without a${opaque ? 'n opaque' : ' JWT'} access_token`);
       }
       return token;
     },
     close() {
-      closed ??= new Promise<void>((resolve, reject) => {
-        server.close((err) => (err ? reject(err) : resolve()));
-        server.closeAllConnections();
+      closed ??= serially(async () => {
+        if (state === 'listening') await closeServer(server);
+        state = 'closed';
       });
       return closed;
     },
   };
+}
+
+async function generateSigningKey(): Promise<SigningKey> {
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
+  const jwk = await exportJWK(privateKey);
+  return { ...jwk, kid: await calculateJwkThumbprint(jwk), alg: 'RS256', use: 'sig' };
+}
+
+/** Listens on 127.0.0.1 (port 0 = any free port). */
+function listen(server: Server, port: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      reject(new Error(`cannot listen on 127.0.0.1:${port}: ${err.code ?? err.message}`));
+    };
+    server.once('error', onError);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+/** Stops listening and destroys every open connection (keep-alive, in-flight and hung ones alike). */
+function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.close((err) => (err ? reject(err) : resolve()));
+    server.closeAllConnections();
+  });
 }
 
 /** application/x-www-form-urlencoded, as RFC 6749 section 2.3.1 requires for client_secret_basic credentials. */
