@@ -60,7 +60,7 @@ const jwtIssuer = z
     }
     if (issuer.discovery) idpUrl.safeParse(issuer.issuer).error?.issues.forEach((i) => ctx.addIssue({ code: 'custom', path: ['issuer'], message: `${i.message} (needed for discovery)` }));
     const hmac = (issuer.algorithms ?? []).filter((a) => HMAC_ALGORITHMS.includes(a));
-    if (issuer.secretFile !== undefined && hmac.length !== (issuer.algorithms ?? ['HS256']).length) {
+    if (issuer.secretFile !== undefined && hmac.length !== (issuer.algorithms ?? []).length) {
       ctx.addIssue({ code: 'custom', path: ['algorithms'], message: 'with secretFile only HS256, HS384, HS512 are allowed' });
     }
     if (issuer.secretFile === undefined && hmac.length > 0) {
