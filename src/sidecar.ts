@@ -17,6 +17,9 @@ import type { Config } from './config/schema.js';
 import { createDecisionEngine, type DecisionEngine } from './core/decide.js';
 import type { Authenticator } from './core/stages.js';
 import { createIdentityHeaders } from './core/identity-headers.js';
+import { createExtAuthzGrpcServer } from './frontends/ext-authz-grpc.js';
+import { createExtAuthzHttpServer } from './frontends/ext-authz-http.js';
+import { createForwardAuthServer } from './frontends/forward-auth.js';
 import { createProxyServer } from './frontends/proxy.js';
 
 export interface EngineBuildOptions {
@@ -163,6 +166,8 @@ export interface RunningSidecar {
   /** `host:port` (or `unix:/path`) the proxy listens on, with the real port when 0 was asked for. */
   readonly proxyAddress: string;
   readonly adminAddress: string;
+  /** Addresses of the ext_authz and forward-auth doors that are configured. */
+  readonly extAuthz: { readonly http?: string; readonly grpc?: string; readonly forwardAuth?: string };
   close(): Promise<void>;
 }
 
@@ -190,35 +195,50 @@ export async function startSidecar(
   const engine = await buildEngine(config, { ...options, logger });
   const upstream = parseUpstreamUrl(config.upstream.url);
   if (upstream === undefined) throw new TypeError(`invalid upstream url ${config.upstream.url}`);
+  const decisionLog = config.logging.decisions;
 
-  const proxy = await createProxyServer({
-    engine,
-    upstream,
-    timeoutSeconds: config.upstream.timeoutSeconds,
-    websockets: config.upstream.websockets,
-    logger,
-    decisionLog: config.logging.decisions,
-  });
-  const admin = createAdminServer({ readiness: () => engine.readiness(), logger });
-  const servers: FastifyInstance[] = [];
-  try {
-    const adminAddress = await listen(admin, config.admin.listen);
-    servers.push(admin);
-    const proxyAddress = await listen(proxy, config.listen);
-    servers.push(proxy);
-    logger.info({ proxy: proxyAddress, admin: adminAddress, upstream: config.upstream.url }, 'authz-sidecar listening');
-    return {
-      engine,
-      proxyAddress,
-      adminAddress,
-      async close(): Promise<void> {
-        await Promise.all(servers.map((s) => s.close()));
-        engine.close();
-      },
-    };
-  } catch (err) {
-    await Promise.all(servers.map((s) => s.close()));
+  const closers: Array<() => Promise<void>> = [];
+  const closeAll = async (): Promise<void> => {
+    await Promise.all(closers.map((c) => c()));
     engine.close();
+  };
+  try {
+    const admin = createAdminServer({ readiness: () => engine.readiness(), logger });
+    const adminAddress = await listen(admin, config.admin.listen);
+    closers.push(() => admin.close());
+
+    const extAuthz: { http?: string; grpc?: string; forwardAuth?: string } = {};
+    const doors = config.extAuthz;
+    if (doors.http !== undefined) {
+      const server = createExtAuthzHttpServer({ engine, logger, decisionLog, pathPrefix: doors.http.pathPrefix });
+      extAuthz.http = await listen(server, doors.http.listen);
+      closers.push(() => server.close());
+    }
+    if (doors.forwardAuth !== undefined) {
+      const server = createForwardAuthServer({ engine, logger, decisionLog });
+      extAuthz.forwardAuth = await listen(server, doors.forwardAuth.listen);
+      closers.push(() => server.close());
+    }
+    if (doors.grpc !== undefined) {
+      const server = createExtAuthzGrpcServer({ engine, logger, decisionLog });
+      extAuthz.grpc = await server.listen(doors.grpc.listen);
+      closers.push(() => server.close());
+    }
+
+    const proxy = await createProxyServer({
+      engine,
+      upstream,
+      timeoutSeconds: config.upstream.timeoutSeconds,
+      websockets: config.upstream.websockets,
+      logger,
+      decisionLog,
+    });
+    const proxyAddress = await listen(proxy, config.listen);
+    closers.push(() => proxy.close());
+    logger.info({ proxy: proxyAddress, admin: adminAddress, ...extAuthz, upstream: config.upstream.url }, 'authz-sidecar listening');
+    return { engine, proxyAddress, adminAddress, extAuthz, close: closeAll };
+  } catch (err) {
+    await closeAll();
     throw err;
   }
 }

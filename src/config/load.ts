@@ -148,6 +148,9 @@ export async function validateConfig(
 
   config.listen = resolveUnix(base, config.listen);
   config.admin.listen = resolveUnix(base, config.admin.listen);
+  for (const door of [config.extAuthz.http, config.extAuthz.grpc, config.extAuthz.forwardAuth]) {
+    if (door !== undefined) door.listen = resolveUnix(base, door.listen);
+  }
   config.upstream.url = resolveUnix(base, config.upstream.url);
   config.authz.model = resolvePath(base, config.authz.model);
   config.authz.policy = resolvePath(base, config.authz.policy);

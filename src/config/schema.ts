@@ -115,6 +115,18 @@ export const configSchema = z.strictObject({
     websockets: z.boolean().default(true),
   }),
   admin: z.strictObject({ listen: listenAddress.default('127.0.0.1:8081') }).prefault({}),
+  extAuthz: z
+    .strictObject({
+      http: z
+        .strictObject({
+          listen: listenAddress,
+          pathPrefix: z.string().regex(/^(\/[^?#\s]*)?$/, 'must be empty or a path starting with "/"').default(''),
+        })
+        .optional(),
+      grpc: z.strictObject({ listen: listenAddress }).optional(),
+      forwardAuth: z.strictObject({ listen: listenAddress }).optional(),
+    })
+    .prefault({}),
   authn: z
     .strictObject({
       jwt: z.array(jwtIssuer).default([]),

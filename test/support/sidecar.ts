@@ -16,6 +16,8 @@ export interface TestSidecar {
   /** http://127.0.0.1:PORT of the proxy listener */
   readonly url: string;
   readonly adminUrl: string;
+  /** Addresses (`host:port`) of the configured check doors. */
+  readonly extAuthz: RunningSidecar['extAuthz'];
   readonly running: RunningSidecar;
   readonly dir: string;
   close(): Promise<void>;
@@ -37,6 +39,7 @@ export async function startTestSidecar(config: Record<string, unknown>, options:
   return {
     url: `http://${running.proxyAddress}`,
     adminUrl: `http://${running.adminAddress}`,
+    extAuthz: running.extAuthz,
     running,
     dir,
     async close() {

@@ -1,0 +1,200 @@
+/**
+ * Envoy/Istio gRPC ext_authz (`extAuthz.grpc`, Istio `envoyExtAuthzGrpc`):
+ * `envoy.service.auth.v3.Authorization/Check`, plus `grpc.health.v1.Health` on the same port (SERVING
+ * only while ready). The raw `path` (query included, not decoded) goes through the same canonical path
+ * rules; `source.principal` (the Istio SPIFFE id) is the `peer` request field.
+ *
+ * A deny is a successful RPC with `denied_response` (status 16 for 401, 7 for 403, 14 for 503, 3 for 400):
+ * a gRPC error would be an ext_authz failure, which Envoy may be configured to let through (failure_mode_allow).
+ * Identity headers go in `ok_response.headers` with `append: false` and OVERWRITE_IF_EXISTS_OR_ADD, so they
+ * replace a client's copy in every Envoy version; `headers_to_remove` never lists a header we set, since
+ * Envoy applies removals after additions.
+ */
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { FastifyBaseLogger } from 'fastify';
+import { headerMap, type HeaderMap } from '../core/access-request.js';
+import type { DecisionEngine } from '../core/decide.js';
+import type { Decision } from '../core/decision.js';
+import { problemBody } from '../core/errors.js';
+import { checkRequestId, denyAnswer, upstreamChanges } from './check-answer.js';
+import { logDecision, type DecisionLogLevel } from './decision-log.js';
+
+const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
+/** How often Health/Watch streams look for a change of readiness. */
+const HEALTH_WATCH_INTERVAL_MS = 1_000;
+
+/** gRPC status codes (google.rpc.Code) for each HTTP status of a decision. */
+const GRPC_CODE: Readonly<Record<number, number>> = { 200: 0, 400: 3, 401: 16, 403: 7, 503: 14 };
+const GRPC_UNAVAILABLE = 14;
+
+interface HeaderValueOption {
+  header: { key: string; value: string };
+  append: { value: boolean };
+  append_action: 'OVERWRITE_IF_EXISTS_OR_ADD';
+}
+
+interface CheckRequest {
+  attributes?: {
+    source?: { principal?: string };
+    request?: {
+      http?: {
+        id?: string;
+        method?: string;
+        path?: string;
+        host?: string;
+        headers?: Record<string, string>;
+        header_map?: { headers?: Array<{ key?: string; value?: string; raw_value?: Buffer }> };
+      };
+    };
+  };
+}
+
+interface CheckResponse {
+  status: { code: number; message?: string };
+  ok_response?: { headers: HeaderValueOption[]; headers_to_remove: string[]; query_parameters_to_remove: string[] };
+  denied_response?: { status: { code: number }; headers: HeaderValueOption[]; body: string };
+}
+
+export interface ExtAuthzGrpcOptions {
+  readonly engine: DecisionEngine;
+  readonly logger: FastifyBaseLogger;
+  readonly decisionLog: DecisionLogLevel;
+}
+
+export interface GrpcServer {
+  /** Binds `host:port` or `unix:/path`; resolves with the bound address (real port when 0). */
+  listen(address: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+function overwrite(key: string, value: string): HeaderValueOption {
+  return { header: { key, value }, append: { value: false }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' };
+}
+
+/** Envoy sends headers either as the `headers` map (duplicates joined by ",") or as `header_map`. */
+function headersOf(http: NonNullable<NonNullable<NonNullable<CheckRequest['attributes']>['request']>['http']>): HeaderMap {
+  const entries: Array<[string, string]> = Object.entries(http.headers ?? {});
+  for (const h of http.header_map?.headers ?? []) {
+    if (h.key === undefined) continue;
+    const value = h.value !== undefined && h.value !== '' ? h.value : (h.raw_value?.toString('utf8') ?? '');
+    entries.push([h.key, value]);
+  }
+  return headerMap(entries);
+}
+
+function render(decision: Decision, engine: DecisionEngine, headers: HeaderMap): CheckResponse {
+  if (decision.outcome === 'allow') {
+    const changes = upstreamChanges(engine, headers, decision);
+    return {
+      status: { code: 0 },
+      ok_response: {
+        headers: Object.entries(changes.set).map(([k, v]) => overwrite(k, v)),
+        headers_to_remove: [...changes.remove],
+        query_parameters_to_remove: [...changes.removeQuery],
+      },
+    };
+  }
+  const deny = denyAnswer(decision);
+  return {
+    status: { code: GRPC_CODE[deny.status] ?? GRPC_UNAVAILABLE, message: decision.reason },
+    denied_response: {
+      status: { code: deny.status },
+      headers: Object.entries(deny.headers).map(([k, v]) => overwrite(k, v)),
+      body: deny.body,
+    },
+  };
+}
+
+export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServer {
+  const { engine, logger } = options;
+  const definitions = protoLoader.loadSync(['envoy/service/auth/v3/external_auth.proto', 'grpc/health/v1/health.proto'], {
+    includeDirs: [PROTO_DIR],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: false,
+    oneofs: true,
+  });
+  const loaded = grpc.loadPackageDefinition(definitions) as unknown as {
+    envoy: { service: { auth: { v3: { Authorization: grpc.ServiceClientConstructor } } } };
+    grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
+  };
+
+  async function check(request: CheckRequest): Promise<CheckResponse> {
+    const started = process.hrtime.bigint();
+    const http = request.attributes?.request?.http;
+    if (http === undefined || typeof http.path !== 'string' || http.path === '') {
+      const body = JSON.stringify(problemBody('BAD_REQUEST', 'the check request has no HTTP request attributes'));
+      return {
+        status: { code: 3, message: 'BAD_REQUEST' },
+        denied_response: { status: { code: 400 }, headers: [overwrite('content-type', 'application/problem+json')], body },
+      };
+    }
+    const headers = headersOf(http);
+    const decision = await engine.decide({
+      frontDoor: 'extAuthzGrpc',
+      method: http.method ?? 'GET',
+      target: http.path,
+      host: http.host ?? headers[':authority']?.[0] ?? '',
+      headers,
+      peer: request.attributes?.source?.principal ?? '',
+      requestId: checkRequestId(headers, http.id),
+    });
+    logDecision(logger, options.decisionLog, decision, started);
+    return render(decision, engine, headers);
+  }
+
+  const server = new grpc.Server();
+  server.addService(loaded.envoy.service.auth.v3.Authorization.service, {
+    Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>): void {
+      check(call.request).then(
+        (response) => callback(null, response),
+        (err: unknown) => {
+          // Never allow on a bug, and never a gRPC error (Envoy's failure_mode_allow could let it through).
+          logger.error({ err }, 'unexpected error in a gRPC check');
+          const body = JSON.stringify(problemBody('INTERNAL', 'internal error'));
+          callback(null, { status: { code: GRPC_UNAVAILABLE }, denied_response: { status: { code: 503 }, headers: [], body } });
+        },
+      );
+    },
+  });
+
+  const servingStatus = (): 'SERVING' | 'NOT_SERVING' => (engine.readiness().ready ? 'SERVING' : 'NOT_SERVING');
+  const watchers = new Set<NodeJS.Timeout>();
+  server.addService(loaded.grpc.health.v1.Health.service, {
+    Check(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<{ status: string }>): void {
+      callback(null, { status: servingStatus() });
+    },
+    Watch(call: grpc.ServerWritableStream<unknown, { status: string }>): void {
+      let last = servingStatus();
+      call.write({ status: last });
+      const timer = setInterval(() => {
+        const now = servingStatus();
+        if (now !== last) call.write({ status: now });
+        last = now;
+      }, HEALTH_WATCH_INTERVAL_MS);
+      watchers.add(timer);
+      call.on('cancelled', () => {
+        clearInterval(timer);
+        watchers.delete(timer);
+      });
+    },
+  });
+
+  return {
+    listen: (address) =>
+      new Promise((resolve, reject) => {
+        server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+          if (err) reject(err);
+          else resolve(address.startsWith('unix:') ? address : address.replace(/:\d+$/, `:${port}`));
+        });
+      }),
+    close: () =>
+      new Promise((resolve) => {
+        for (const timer of watchers) clearInterval(timer);
+        server.tryShutdown(() => resolve());
+      }),
+  };
+}
