@@ -163,8 +163,11 @@ export function createLogger(config: Config): FastifyBaseLogger {
 
 export interface RunningSidecar {
   readonly engine: DecisionEngine;
-  /** `host:port` (or `unix:/path`) the proxy listens on, with the real port when 0 was asked for. */
-  readonly proxyAddress: string;
+  /**
+   * `host:port` (or `unix:/path`) the proxy listens on, with the real port when 0 was asked for; undefined
+   * when no upstream is configured (a sidecar that only answers ext_authz or forward-auth).
+   */
+  readonly proxyAddress: string | undefined;
   readonly adminAddress: string;
   /** Addresses of the ext_authz and forward-auth doors that are configured. */
   readonly extAuthz: { readonly http?: string; readonly grpc?: string; readonly forwardAuth?: string };
@@ -193,8 +196,6 @@ export async function startSidecar(
 ): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger(config);
   const engine = await buildEngine(config, { ...options, logger });
-  const upstream = parseUpstreamUrl(config.upstream.url);
-  if (upstream === undefined) throw new TypeError(`invalid upstream url ${config.upstream.url}`);
   const decisionLog = config.logging.decisions;
 
   const closers: Array<() => Promise<void>> = [];
@@ -225,17 +226,22 @@ export async function startSidecar(
       closers.push(() => server.close());
     }
 
-    const proxy = await createProxyServer({
-      engine,
-      upstream,
-      timeoutSeconds: config.upstream.timeoutSeconds,
-      websockets: config.upstream.websockets,
-      logger,
-      decisionLog,
-    });
-    const proxyAddress = await listen(proxy, config.listen);
-    closers.push(() => proxy.close());
-    logger.info({ proxy: proxyAddress, admin: adminAddress, ...extAuthz, upstream: config.upstream.url }, 'authz-sidecar listening');
+    let proxyAddress: string | undefined;
+    if (config.upstream !== undefined) {
+      const upstream = parseUpstreamUrl(config.upstream.url);
+      if (upstream === undefined) throw new TypeError(`invalid upstream url ${config.upstream.url}`);
+      const proxy = await createProxyServer({
+        engine,
+        upstream,
+        timeoutSeconds: config.upstream.timeoutSeconds,
+        websockets: config.upstream.websockets,
+        logger,
+        decisionLog,
+      });
+      proxyAddress = await listen(proxy, config.listen);
+      closers.push(() => proxy.close());
+    }
+    logger.info({ proxy: proxyAddress, admin: adminAddress, ...extAuthz, upstream: config.upstream?.url }, 'authz-sidecar listening');
     return { engine, proxyAddress, adminAddress, extAuthz, close: closeAll };
   } catch (err) {
     await closeAll();

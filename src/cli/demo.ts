@@ -25,7 +25,7 @@ function httpBase(address: string): string {
 export async function runDemo(configFile = DEFAULT_DEMO_CONFIG): Promise<() => Promise<void>> {
   const config = await loadConfig(configFile);
   const issuerConfig = config.authn.jwt[0];
-  const upstream = parseUpstreamUrl(config.upstream.url);
+  const upstream = config.upstream === undefined ? undefined : parseUpstreamUrl(config.upstream.url);
   if (issuerConfig?.jwksUri === undefined || upstream?.kind !== 'tcp') {
     throw new UsageError('the demo config needs authn.jwt[0].jwksUri and an http:// upstream.url');
   }
@@ -43,7 +43,7 @@ export async function runDemo(configFile = DEFAULT_DEMO_CONFIG): Promise<() => P
   const audience = issuerConfig.audiences[0] ?? '';
   const reader = await issuer.mint('alice', { roles: ['reader'] }, { audience });
   const admin = await issuer.mint('bob', { roles: ['admin'] }, { audience });
-  const base = httpBase(sidecar.proxyAddress);
+  const base = httpBase(sidecar.proxyAddress ?? '');
   const adminBase = httpBase(sidecar.adminAddress);
 
   console.log(`

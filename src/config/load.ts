@@ -8,7 +8,7 @@ import { constants } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type Config } from './schema.js';
+import { configSchemaChecked, type Config } from './schema.js';
 
 export interface ConfigIssue {
   /** Key path such as `authn.jwt[0].audiences`; '' for the file as a whole. */
@@ -139,7 +139,7 @@ export async function validateConfig(
   const substituted = substitute(raw ?? {}, env, [], issues);
   if (issues.length > 0) throw new ConfigError(file, issues);
 
-  const parsed = configSchema.safeParse(substituted);
+  const parsed = configSchemaChecked.safeParse(substituted);
   if (!parsed.success) {
     throw new ConfigError(file, zodIssues(parsed.error, lineAt));
   }
@@ -151,7 +151,7 @@ export async function validateConfig(
   for (const door of [config.extAuthz.http, config.extAuthz.grpc, config.extAuthz.forwardAuth]) {
     if (door !== undefined) door.listen = resolveUnix(base, door.listen);
   }
-  config.upstream.url = resolveUnix(base, config.upstream.url);
+  if (config.upstream !== undefined) config.upstream.url = resolveUnix(base, config.upstream.url);
   config.authz.model = resolvePath(base, config.authz.model);
   config.authz.policy = resolvePath(base, config.authz.policy);
   const files: Array<[string, string]> = [

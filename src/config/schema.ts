@@ -113,7 +113,7 @@ export const configSchema = z.strictObject({
     }),
     timeoutSeconds: z.number().positive().max(3600).default(30),
     websockets: z.boolean().default(true),
-  }),
+  }).optional(),
   admin: z.strictObject({ listen: listenAddress.default('127.0.0.1:8081') }).prefault({}),
   extAuthz: z
     .strictObject({
@@ -183,6 +183,14 @@ export const configSchema = z.strictObject({
 });
 
 export type Config = z.output<typeof configSchema>;
+
+/** The proxy door needs an upstream; a sidecar that only answers ext_authz or forward-auth does not. */
+export const configSchemaChecked = configSchema.superRefine((config, ctx) => {
+  const doors = config.extAuthz;
+  if (config.upstream === undefined && doors.http === undefined && doors.grpc === undefined && doors.forwardAuth === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['upstream'], message: 'required (unless an extAuthz door is configured)' });
+  }
+});
 export type JwtIssuerConfig = Config['authn']['jwt'][number];
 export type IntrospectionConfig = Config['authn']['introspection'][number];
 export type TokenSourceConfig = Config['authn']['tokenFrom'][number];

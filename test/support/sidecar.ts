@@ -37,7 +37,7 @@ export async function startTestSidecar(config: Record<string, unknown>, options:
   await writeFile(file, stringify(full));
   const running = await startSidecar(await loadConfig(file), { file, ...options });
   return {
-    url: `http://${running.proxyAddress}`,
+    url: `http://${running.proxyAddress ?? 'no-proxy-listener.invalid'}`,
     adminUrl: `http://${running.adminAddress}`,
     extAuthz: running.extAuthz,
     running,

@@ -120,7 +120,7 @@ describe('loadConfig', () => {
     ['plain http jwksUri off loopback', BASE.replace('jwksFile: ./jwks.json', 'jwksUri: http://idp.example.com/certs'), [
       'authn.jwt[0].jwksUri: must be an https URL (http only on loopback)',
     ]],
-    ['missing upstream', BASE.replace('upstream:\n  url: http://127.0.0.1:3000\n', ''), ['upstream: required']],
+    ['missing upstream', BASE.replace('upstream:\n  url: http://127.0.0.1:3000\n', ''), ['upstream: required (unless an extAuthz door is configured)']],
     ['upstream with a path', BASE.replace('http://127.0.0.1:3000', 'http://127.0.0.1:3000/app'), ['upstream.url: must be http://host:port or unix:/path/app.sock']],
     ['bad listen', `${BASE}\nlisten: 8080\n`, ['listen: must be host:port or unix:/path.sock']],
     ['bad enum', `${BASE}\npaths:\n  encodedSlashes: allow\n`, ['paths.encodedSlashes: Invalid option: expected one of "reject"|"decode"']],
@@ -135,6 +135,13 @@ describe('loadConfig', () => {
   it.each(bad)('rejects %s, naming the key path', async (_name, text, expected, env) => {
     const issues = await issuesOf(text, env);
     expect(issues).toEqual(expected.map((e) => e.replace('DIR', dir)));
+  });
+
+  it('accepts a config without upstream when an extAuthz door is configured (no proxy listener)', async () => {
+    const text = BASE.replace('upstream:\n  url: http://127.0.0.1:3000\n', '') + '\nextAuthz:\n  grpc: { listen: 127.0.0.1:9292 }\n';
+    const config = await loadConfig(await write('doors.yaml', text), {});
+    expect(config.upstream).toBeUndefined();
+    expect(config.extAuthz).toEqual({ grpc: { listen: '127.0.0.1:9292' } });
   });
 
   it('lists every problem at once', async () => {
