@@ -9,13 +9,13 @@ import { createCredentialExtractor } from './authn/credentials.js';
 import { createIdentityMapper } from './authn/identity-mapping.js';
 import { createIntrospectionAuthenticator, type IntrospectionEndpointOptions } from './authn/introspection.js';
 import { checkJwks, createJwtAuthenticator, MIN_SECRET_BYTES, type JwtAuthenticatorOptions, type JwtIssuerOptions, type KeyConfig } from './authn/jwt.js';
-import { createCasbinAuthorizer, PolicyLoadError, type RequestField } from './authz/casbin-authorizer.js';
+import { createCasbinAuthorizer, PolicyLoadError, type CasbinAuthorizer, type RequestField } from './authz/casbin-authorizer.js';
 import { createAdminServer } from './admin/admin-server.js';
 import { formatListenAddress, parseListenAddress, parseUpstreamUrl } from './config/address.js';
 import { ConfigError, type ConfigIssue } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createDecisionEngine, type DecisionEngine } from './core/decide.js';
-import type { Authenticator } from './core/stages.js';
+import type { Authenticator, Authorizer, CredentialExtractor } from './core/stages.js';
 import { createIdentityHeaders } from './core/identity-headers.js';
 import { createExtAuthzGrpcServer } from './frontends/ext-authz-grpc.js';
 import { createExtAuthzHttpServer } from './frontends/ext-authz-http.js';
@@ -38,9 +38,13 @@ async function readSecret(path: string): Promise<Buffer> {
   return Buffer.from(raw.toString('utf8').trim(), 'utf8');
 }
 
-/** Turns every authn section into authenticators; problems with files become issues naming the key. */
-async function buildAuthenticators(config: Config, options: EngineBuildOptions, issues: ConfigIssue[]): Promise<Authenticator[]> {
-  const log = options.logger;
+/** The authn sections with their files read and checked; problems become issues naming the key. */
+export interface AuthnSetup {
+  readonly issuers: readonly JwtIssuerOptions[];
+  readonly endpoints: readonly IntrospectionEndpointOptions[];
+}
+
+export async function readAuthnSetup(config: Config, issues: ConfigIssue[]): Promise<AuthnSetup> {
   const issuers: JwtIssuerOptions[] = [];
   for (const [i, issuer] of config.authn.jwt.entries()) {
     const path = `authn.jwt[${i}]`;
@@ -79,12 +83,17 @@ async function buildAuthenticators(config: Config, options: EngineBuildOptions, 
     }
     endpoints.push({ ...entry, clientSecret: secret });
   }
+  return { issuers, endpoints };
+}
 
+/** Starts the authenticators (remote keys and discovery begin loading now). */
+function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): Authenticator[] {
+  const log = options.logger;
   const now = options.now;
   const authenticators: Authenticator[] = [];
-  if (issuers.length > 0) {
+  if (setup.issuers.length > 0) {
     authenticators.push(
-      createJwtAuthenticator(issuers, {
+      createJwtAuthenticator(setup.issuers, {
         ...(now ? { now } : {}),
         ...(options.jwks ? { jwks: options.jwks } : {}),
         events: {
@@ -98,10 +107,10 @@ async function buildAuthenticators(config: Config, options: EngineBuildOptions, 
       }),
     );
   }
-  if (endpoints.length > 0) {
+  if (setup.endpoints.length > 0) {
     authenticators.push(
-      createIntrospectionAuthenticator(endpoints, {
-        acceptJwts: issuers.length === 0,
+      createIntrospectionAuthenticator(setup.endpoints, {
+        acceptJwts: setup.issuers.length === 0,
         ...(now ? { now } : {}),
         events: {
           discovered: (issuer, result, error) => {
@@ -117,15 +126,10 @@ async function buildAuthenticators(config: Config, options: EngineBuildOptions, 
   return authenticators;
 }
 
-/** Builds the engine; a file that cannot be loaded becomes a ConfigError naming its key. */
-export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<DecisionEngine> {
-  const file = options.file ?? '<config>';
-  const issues: ConfigIssue[] = [];
-  const authenticators = await buildAuthenticators(config, options, issues);
-
-  let authorizer;
+/** The Casbin authorizer of a config; a load failure becomes an issue naming its key. */
+export async function buildAuthorizer(config: Config, issues: ConfigIssue[]): Promise<CasbinAuthorizer | undefined> {
   try {
-    authorizer = await createCasbinAuthorizer({
+    return await createCasbinAuthorizer({
       modelPath: config.authz.model,
       policyPath: config.authz.policy,
       request: config.authz.request as RequestField[],
@@ -135,21 +139,39 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
   } catch (err) {
     if (!(err instanceof PolicyLoadError)) throw err;
     issues.push({ path: err.configKey, message: err.message });
+    return undefined;
   }
-  if (issues.length > 0 || authorizer === undefined) {
-    for (const a of authenticators) a.close();
-    throw new ConfigError(file, issues);
-  }
+}
 
+/**
+ * The decision engine of a config, from the same parts for `serve` and the offline CLI; the CLI passes its
+ * own credentials and authenticator (identities given by test cases instead of tokens).
+ */
+export function engineFromParts(
+  config: Config,
+  parts: { readonly authorizer: Authorizer; readonly authenticators: readonly Authenticator[]; readonly credentials?: CredentialExtractor },
+): DecisionEngine {
   return createDecisionEngine({
     paths: config.paths,
-    credentials: createCredentialExtractor(config.authn.tokenFrom),
-    authenticators,
+    credentials: parts.credentials ?? createCredentialExtractor(config.authn.tokenFrom),
+    authenticators: parts.authenticators,
     identity: createIdentityMapper(config.identity),
-    authorizer,
+    authorizer: parts.authorizer,
     identityHeaders: createIdentityHeaders(config.headers),
     forwardToken: config.headers.forwardToken,
   });
+}
+
+/** Builds the engine; a file that cannot be loaded becomes a ConfigError naming its key. */
+export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<DecisionEngine> {
+  const issues: ConfigIssue[] = [];
+  const setup = await readAuthnSetup(config, issues);
+  const authorizer = await buildAuthorizer(config, issues);
+  if (issues.length > 0 || authorizer === undefined) throw new ConfigError(options.file ?? '<config>', issues);
+  for (const f of authorizer.findings) {
+    options.logger?.warn({ line: f.line, code: f.code }, `policy ${config.authz.policy}: ${f.message}`);
+  }
+  return engineFromParts(config, { authorizer, authenticators: createAuthenticators(setup, options) });
 }
 
 export function createLogger(config: Config): FastifyBaseLogger {

@@ -11,6 +11,8 @@ import { DefaultRoleManager, newEnforcer, newModelFromString, StringAdapter, typ
 import type { AccessRequest } from '../core/access-request.js';
 import { claimAt, type Identity } from '../core/identity.js';
 import type { Authorizer, AuthzResult } from '../core/stages.js';
+import { parsePolicyText, type PolicyLine } from './policy-file.js';
+import { anchoredPattern, lintPolicy, type Finding } from './policy-lint.js';
 
 export type RequestField = 'subject' | 'path' | 'method' | 'host' | 'peer' | `claim:${string}` | `header:${string}`;
 
@@ -32,6 +34,23 @@ export interface CasbinAuthorizerOptions {
 export interface CasbinAuthorizer extends Authorizer {
   /** SHA-256 over the model and policy text that are serving. */
   readonly sha256: string;
+  /** The policy rules with their line numbers (for explanations and coverage). */
+  readonly rules: readonly PolicyLine[];
+  /** Every lint finding, warnings included (errors other than duplicates refuse the load). */
+  readonly findings: readonly Finding[];
+}
+
+/** Compiled, anchored regexMatch patterns; the set is bounded by the policy, which was checked at load. */
+function anchoredRegexMatch(): (key: string, pattern: string) => boolean {
+  const compiled = new Map<string, RegExp>();
+  return (key, pattern) => {
+    let re = compiled.get(pattern);
+    if (re === undefined) {
+      re = new RegExp(anchoredPattern(pattern));
+      compiled.set(pattern, re);
+    }
+    return re.test(key);
+  };
 }
 
 /** Where a loading problem is (which file, which config key), so the config error can name it. */
@@ -151,9 +170,16 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
   }
 
   let enforcer: Enforcer;
+  let findings: Finding[];
+  const rules = parsePolicyText(policyText);
   const roleManager = new RequestScopedRoleManager(new DefaultRoleManager(MAX_ROLE_HIERARCHY));
   try {
     const model = newModelFromString(modelText);
+    findings = lintPolicy(model, rules);
+    const fatal = findings.filter((f) => f.severity === 'error' && f.code !== 'DUPLICATE');
+    if (fatal.length > 0) {
+      throw new PolicyLoadError('policy', fatal.map((f) => `${options.policyPath}:${f.line ?? 0}: ${f.message}`).join('; '));
+    }
     const arity = model.model.get('r')?.get('r')?.tokens.length;
     if (arity !== fields.length) {
       throw new PolicyLoadError(
@@ -163,6 +189,8 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
       );
     }
     enforcer = await newEnforcer(model);
+    // Casbin's regexMatch is unanchored: "/admin" would match "/x/admin/y". Ours matches the whole value.
+    await enforcer.addFunction('regexMatch', anchoredRegexMatch());
     if (model.model.get('g')?.get('g') !== undefined) enforcer.setRoleManager(roleManager);
     // Policy lines are loaded through our own reader so that a read error is ours to report, not a crash.
     enforcer.setAdapter(new StringAdapter(policyText));
@@ -176,13 +204,15 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
 
   return {
     sha256,
+    rules,
+    findings,
     missing: () => [],
     authorize(request: AccessRequest, identity: Identity): AuthzResult {
       const subject = identity.anonymous ? identity.subject : subjectPrefix + identity.subject;
       const roles = identity.roles.map((r) => rolePrefix + r);
       const rvals = fields.map((f) => requestValue(f, request, identity, subject));
       const [allowed, line] = roleManager.withScope(subject, roles, () => enforcer.enforceExSync(...rvals));
-      return { allowed, policy: line.length > 0 ? line : undefined };
+      return { allowed, policy: line.length > 0 ? line : undefined, request: rvals };
     },
   };
 }

@@ -6,12 +6,18 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { startSidecar, type RunningSidecar } from '../sidecar.js';
 import { runDemo } from './demo.js';
+import { policyCheck, policyTest, POLICY_USAGE } from './policy.js';
+import { validate } from './validate.js';
 import { UsageError } from './usage-error.js';
 
 export const USAGE = `usage:
   authz-sidecar serve --config FILE     run the sidecar (or set AUTHZ_SIDECAR_CONFIG)
+  authz-sidecar validate --config FILE  check config, files, model and policy without starting
+${POLICY_USAGE}
   authz-sidecar demo [--config FILE]    the sidecar in front of a built-in echo app with a local dev issuer
   authz-sidecar --help | --version
+
+exit codes: 0 success / allow, 1 a failing test case or a deny, 2 bad usage or bad config
 `;
 
 export { UsageError } from './usage-error.js';
@@ -58,6 +64,14 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await serve(rest);
       case 'demo':
         return await demo(rest);
+      case 'validate':
+        return await validate(rest);
+      case 'policy': {
+        const [sub, ...subArgs] = rest;
+        if (sub === 'test') return await policyTest(subArgs);
+        if (sub === 'check') return await policyCheck(subArgs);
+        throw new UsageError(`unknown policy command "${sub ?? ''}" (test or check)`);
+      }
       case '--version':
       case 'version': {
         const { readFile } = await import('node:fs/promises');

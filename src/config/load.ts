@@ -89,7 +89,7 @@ function lineOf(doc: Document, counter: LineCounter, path: readonly PropertyKey[
   return line;
 }
 
-function zodIssues(error: z.ZodError, lineAt: (path: readonly PropertyKey[]) => number | undefined): ConfigIssue[] {
+export function zodIssues(error: z.ZodError, lineAt: (path: readonly PropertyKey[]) => number | undefined): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -188,12 +188,19 @@ export async function validateConfig(
   return deepFreeze(config);
 }
 
-export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+/** A YAML file parsed, with a function that finds the line of a key path in it (for error messages). */
+export interface YamlFile {
+  readonly data: unknown;
+  readonly lineAt: (path: readonly PropertyKey[]) => number | undefined;
+}
+
+/** Reads and parses a YAML file; unreadable files and YAML syntax errors become a ConfigError with lines. */
+export async function readYamlFile(file: string, what = 'file'): Promise<YamlFile> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, [{ path: '', message: `cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }]);
+    throw new ConfigError(file, [{ path: '', message: `cannot read the ${what}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }]);
   }
   const counter = new LineCounter();
   const doc = parseDocument(text, { lineCounter: counter, prettyErrors: true, uniqueKeys: true });
@@ -203,5 +210,10 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.
       doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0] ?? e.code}`, line: e.linePos?.[0].line })),
     );
   }
-  return validateConfig(doc.toJS({ maxAliasCount: 100 }) as unknown, file, env, (path) => lineOf(doc, counter, path));
+  return { data: doc.toJS({ maxAliasCount: 100 }) as unknown, lineAt: (path) => lineOf(doc, counter, path) };
+}
+
+export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  const { data, lineAt } = await readYamlFile(file, 'config file');
+  return validateConfig(data, file, env, lineAt);
 }

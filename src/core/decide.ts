@@ -63,6 +63,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     request: AccessRequest | undefined,
     identity?: Identity,
     policy?: readonly string[],
+    policyRequest?: readonly string[],
   ): Decision {
     const spec: ReasonSpec = REASONS[reason];
     const responseHeaders: Record<string, string> = {};
@@ -81,6 +82,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       request,
       identity,
       policy,
+      policyRequest,
       responseHeaders,
       upstreamHeaders: {},
       upstreamQuery: undefined,
@@ -144,16 +146,17 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
 
     let allowed: boolean;
     let policy: readonly string[] | undefined;
+    let policyRequest: readonly string[];
     try {
-      ({ allowed, policy } = authorizer.authorize(request, identity));
+      ({ allowed, policy, request: policyRequest } = authorizer.authorize(request, identity));
     } catch {
       // A matcher that throws on this input is doubt about the policy: deny.
       return deny('POLICY_ERROR', 'the policy could not be evaluated for this request', requestId, request, identity);
     }
     if (!allowed) {
       return identity.anonymous
-        ? deny('CREDENTIALS_MISSING', 'this resource requires authentication', requestId, request, identity, policy)
-        : deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy);
+        ? deny('CREDENTIALS_MISSING', 'this resource requires authentication', requestId, request, identity, policy, policyRequest)
+        : deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy, policyRequest);
     }
 
     const upstreamHeaders = identityHeaders.render(identity);
@@ -168,6 +171,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       request,
       identity,
       policy,
+      policyRequest,
       responseHeaders: {},
       upstreamHeaders,
       upstreamQuery: options.forwardToken ? request.query : credentials.scrubQuery(request.query),

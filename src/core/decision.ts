@@ -19,6 +19,8 @@ export interface Decision {
   readonly identity: Identity | undefined;
   /** The policy line that decided (`p, role:reader, /orders/:id, GET`), when one matched. */
   readonly policy: readonly string[] | undefined;
+  /** The request tuple the policy was asked about (Casbin's `r`), when the policy was asked. */
+  readonly policyRequest: readonly string[] | undefined;
   /** Headers for the client answer (WWW-Authenticate on 401). */
   readonly responseHeaders: Readonly<Record<string, string>>;
   /** Identity headers to set on the forwarded request (allow only). */

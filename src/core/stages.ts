@@ -54,6 +54,8 @@ export interface AuthzResult {
   readonly allowed: boolean;
   /** The policy line that decided, when one matched. */
   readonly policy: readonly string[] | undefined;
+  /** The request tuple the policy was asked about (Casbin's `r`), for explanations. */
+  readonly request: readonly string[];
 }
 
 export interface Authorizer {
