@@ -17,8 +17,18 @@ export interface IdentityHeaderOptions {
   readonly claims: Readonly<Record<string, string>>;
 }
 
+/**
+ * Headers that would let a client change what the application does after the decision: method overrides
+ * (a GET authorized, then run as DELETE by frameworks honouring X-HTTP-Method-Override) and URL rewrites
+ * (X-Original-URL / X-Rewrite-URL, honoured by IIS and Symfony). Removed like identity headers.
+ */
+export const OVERRIDE_HEADERS = Object.freeze(['x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url']);
+
 export interface IdentityHeaders {
-  /** True for a header a client must never be able to set (name in any case, `_` or `-`). */
+  /**
+   * True for a header a client must never be able to pass to the application: identity headers (name in
+   * any case, `_` or `-`) and the OVERRIDE_HEADERS.
+   */
   isClientIdentityHeader(name: string): boolean;
   /**
    * The headers for an allowed request; `undefined` when the identity cannot be rendered safely, which the
@@ -68,7 +78,7 @@ function renderList(items: readonly string[]): string | undefined {
 export function createIdentityHeaders(options: IdentityHeaderOptions): IdentityHeaders {
   const prefix = normalize(options.prefix);
   const named = new Set(
-    [options.subject, options.issuer, options.roles, options.scopes, ...Object.keys(options.claims)].map(normalize),
+    [options.subject, options.issuer, options.roles, options.scopes, ...Object.keys(options.claims), ...OVERRIDE_HEADERS].map(normalize),
   );
   const claimHeaders = Object.entries(options.claims).map(([header, path]) => [header.toLowerCase(), path] as const);
 

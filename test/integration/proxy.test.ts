@@ -245,6 +245,15 @@ describe('identity headers from clients never reach the upstream', () => {
     }
   });
 
+  it('method-override and URL-rewrite headers never reach the upstream (a GET authorized must not run as DELETE)', async () => {
+    const res = await fetch(`${sidecar.url}/public/override`, {
+      headers: { 'X-HTTP-Method-Override': 'DELETE', 'X-HTTP-Method': 'DELETE', 'X-Method-Override': 'DELETE', 'X-Original-URL': '/admin', 'X-Rewrite-URL': '/admin' },
+    });
+    expect(res.status).toBe(200);
+    const names = Object.keys(last().headers);
+    for (const h of ['x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url']) expect(names).not.toContain(h);
+  });
+
   it('a spoofed identity header cannot influence the decision (no role from a header)', async () => {
     const res = await fetch(`${sidecar.url}/orders/42`, { method: 'DELETE', headers: { ...bearer(readerToken), 'x-auth-roles': 'admin' } });
     expect(res.status).toBe(403);
