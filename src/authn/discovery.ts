@@ -30,6 +30,11 @@ function insecureAllowed(url: URL): boolean {
   return url.protocol === 'http:' && LOOPBACK.has(url.hostname);
 }
 
+/** https, or http on loopback: the rule for every URL an IdP hands us. */
+export function isSecureOrLoopback(url: URL): boolean {
+  return url.protocol === 'https:' || insecureAllowed(url);
+}
+
 /** One discovery request; throws when the IdP is unreachable or answers metadata for another issuer. */
 export async function discover(issuer: string, options: DiscoveryOptions = {}): Promise<client.Configuration> {
   const url = new URL(issuer);
@@ -77,7 +82,7 @@ export function createDiscoveredKeySource(
       const jwksUri = config.serverMetadata().jwks_uri;
       if (jwksUri === undefined) throw new Error(`the discovery document of ${issuer} has no jwks_uri`);
       const url = new URL(jwksUri);
-      if (url.protocol !== 'https:' && !insecureAllowed(url)) throw new Error(`the jwks_uri of ${issuer} is not https`);
+      if (!isSecureOrLoopback(url)) throw new Error(`the jwks_uri of ${issuer} is not https`);
       options.onDiscovery?.('success');
       if (!closed) inner = createRemoteKeySource(url, options);
     },

@@ -12,8 +12,8 @@ import * as client from 'openid-client';
 import { copyClaims, type Claims } from '../core/identity.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { Authenticator, AuthnResult } from '../core/stages.js';
-import { clientAuthentication, discover, retryUntilDone } from './discovery.js';
-import { DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW_SECONDS, sha256 } from './jwt.js';
+import { clientAuthentication, discover, isSecureOrLoopback, retryUntilDone } from './discovery.js';
+import { DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW_SECONDS, JWS_COMPACT, sha256 } from './jwt.js';
 
 export const DEFAULT_INTROSPECTION_CACHE_SECONDS = 60;
 export const DEFAULT_INTROSPECTION_TIMEOUT_SECONDS = 5;
@@ -57,7 +57,6 @@ interface Endpoint {
 
 type Answer = { kind: 'active'; claims: Claims } | { kind: 'failed'; reason: ReasonCode; detail: string };
 
-const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 function audienceMatches(aud: unknown, audiences: readonly string[]): boolean {
   const values = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
@@ -94,9 +93,10 @@ export function createIntrospectionAuthenticator(
       state.stop = retryUntilDone(
         async () => {
           const config = await discover(o.issuer, { clientId: o.clientId, clientSecret: o.clientSecret, authMethod: o.authMethod, timeoutSeconds });
-          if (config.serverMetadata().introspection_endpoint === undefined) {
-            throw new Error(`the discovery document of ${o.issuer} has no introspection_endpoint`);
-          }
+          const endpoint = config.serverMetadata().introspection_endpoint;
+          if (endpoint === undefined) throw new Error(`the discovery document of ${o.issuer} has no introspection_endpoint`);
+          // Loopback issuers may use http; the endpoint they name must still be https or loopback.
+          if (!isSecureOrLoopback(new URL(endpoint))) throw new Error(`the introspection_endpoint of ${o.issuer} is not https`);
           state.config = config;
           events.discovered?.(o.issuer, 'success');
         },

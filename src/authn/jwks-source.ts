@@ -153,7 +153,9 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
   loadUntilReady();
 
   async function getKey(header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
-    if (local === undefined) await refresh();
+    // Before the first key set arrives, requests share the fetch in flight but never start one: the retry
+    // loop fetches, so an IdP down at startup is not hit once per request.
+    if (local === undefined && pending !== undefined) await pending;
     const current = local;
     if (current === undefined) throw new KeysUnavailableError(`no keys could be fetched from ${url.href}`);
     // Stale keys are refreshed in the background; this request is served with what we have. After a

@@ -82,7 +82,8 @@ interface CachedToken {
   readonly validUntilMs: number;
 }
 
-const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+/** The shape of a JWS in compact serialization; anything else is not a JWT ("not mine"). */
+export const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /** Checks a JWKS document read from a file; throws a TypeError naming the problem. */
 export function checkJwks(parsed: unknown): JSONWebKeySet {

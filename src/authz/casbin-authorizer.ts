@@ -12,7 +12,7 @@ import type { AccessRequest } from '../core/access-request.js';
 import { claimAt, type Identity } from '../core/identity.js';
 import type { Authorizer, AuthzResult } from '../core/stages.js';
 import { parsePolicyText, type PolicyLine } from './policy-file.js';
-import { anchoredPattern, lintPolicy, type Finding } from './policy-lint.js';
+import { anchoredPattern, lintPolicy, regexPatterns, type Finding } from './policy-lint.js';
 
 export type RequestField = 'subject' | 'path' | 'method' | 'host' | 'peer' | `claim:${string}` | `header:${string}`;
 
@@ -40,14 +40,21 @@ export interface CasbinAuthorizer extends Authorizer {
   readonly findings: readonly Finding[];
 }
 
-/** Compiled, anchored regexMatch patterns; the set is bounded by the policy, which was checked at load. */
-function anchoredRegexMatch(): (key: string, pattern: string) => boolean {
+/**
+ * Casbin's regexMatch, anchored, with the policy's patterns compiled at load (the lint already refused
+ * the ones that do not compile or can backtrack). A pattern that is not in the policy (a matcher passing
+ * request values as patterns) is compiled on first use and remembered, up to a bound.
+ */
+function anchoredRegexMatch(patterns: Iterable<string>): (key: string, pattern: string) => boolean {
   const compiled = new Map<string, RegExp>();
+  for (const p of patterns) compiled.set(p, new RegExp(anchoredPattern(p)));
+  const MAX_EXTRA = 1_000;
+  const policySize = compiled.size;
   return (key, pattern) => {
     let re = compiled.get(pattern);
     if (re === undefined) {
       re = new RegExp(anchoredPattern(pattern));
-      compiled.set(pattern, re);
+      if (compiled.size < policySize + MAX_EXTRA) compiled.set(pattern, re);
     }
     return re.test(key);
   };
@@ -190,7 +197,7 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
     }
     enforcer = await newEnforcer(model);
     // Casbin's regexMatch is unanchored: "/admin" would match "/x/admin/y". Ours matches the whole value.
-    await enforcer.addFunction('regexMatch', anchoredRegexMatch());
+    await enforcer.addFunction('regexMatch', anchoredRegexMatch(regexPatterns(model, rules)));
     if (model.model.get('g')?.get('g') !== undefined) enforcer.setRoleManager(roleManager);
     // Policy lines are loaded through our own reader so that a read error is ours to report, not a crash.
     enforcer.setAdapter(new StringAdapter(policyText));

@@ -50,6 +50,12 @@ export function anchoredPattern(pattern: string): string {
   return `^(?:${pattern})$`;
 }
 
+/** Every value of the policy that the matcher uses as a regexMatch pattern. */
+export function regexPatterns(model: Model, rules: readonly PolicyLine[]): string[] {
+  const columns = columnsUsedBy(model, 'regexMatch');
+  return rules.flatMap((rule) => (rule.ptype === 'p' ? columns.map((c) => rule.values[c]).filter((v): v is string => v !== undefined) : []));
+}
+
 function regexFindings(model: Model, rules: readonly PolicyLine[]): Finding[] {
   const out: Finding[] = [];
   for (const col of columnsUsedBy(model, 'regexMatch')) {

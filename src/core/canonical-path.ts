@@ -12,6 +12,12 @@ export interface PathOptions {
   readonly encodedSlashes: 'reject' | 'decode';
   /** `reject` (default): any `;` in the path gives 400. `keep`: forwarded as is, but `.;x` / `..;x` segments are rejected. */
   readonly semicolons: 'reject' | 'keep';
+  /**
+   * For doors that cannot rewrite the path the application receives (ext_authz, forward-auth): a path
+   * with dot segments or empty segments is refused (PATH_NOT_CANONICAL) instead of normalized, since the
+   * application would see the raw form and may resolve it differently (`/public//../admin`).
+   */
+  readonly strictSegments?: boolean;
 }
 
 export const DEFAULT_PATH_OPTIONS: PathOptions = Object.freeze({ encodedSlashes: 'reject', semicolons: 'reject' });
@@ -91,6 +97,9 @@ export function canonicalizeTarget(method: string, target: string, options: Path
   // Merge repeated slashes: "" segments other than a trailing one come from "//".
   const merged = segments.filter((s, i) => s !== '' || i === segments.length - 1);
   const path = '/' + merged.join('/');
+  if (options.strictSegments === true && path !== decoded) {
+    fail('PATH_NOT_CANONICAL', 'the path has dot segments or empty segments; send it normalized (e.g. Envoy normalize_path and merge_slashes)');
+  }
   if (options.semicolons === 'keep') {
     for (const seg of merged) {
       const base = seg.split(';', 1)[0];

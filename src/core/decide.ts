@@ -38,6 +38,8 @@ export interface DecisionEngine {
   canonicalize(method: string, target: string): CanonicalTarget | undefined;
   /** Doors use this to strip spoofed identity headers from what they forward, on every route. */
   isClientIdentityHeader(name: string): boolean;
+  /** Every identity and override header name the sidecar owns (see IdentityHeaders.names). */
+  readonly identityHeaderNames: readonly string[];
   /** Removes the credentials (unless forwardToken) from the headers of an allowed request about to be forwarded. */
   scrubHeadersForUpstream(headers: ForwardedHeaders): void;
   /** Header names that carry tokens (for doors that list headers to remove, like ext_authz). */
@@ -54,6 +56,7 @@ function quoted(value: string): string {
 
 export function createDecisionEngine(options: DecisionEngineOptions): DecisionEngine {
   const realm = quoted(options.realm ?? DEFAULT_REALM);
+  const strictPaths: PathOptions = { ...options.paths, strictSegments: true };
   const { credentials, authenticators, identity: identityMapper, authorizer, identityHeaders } = options;
 
   function deny(
@@ -115,7 +118,10 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     const { requestId } = wire;
     let request: AccessRequest;
     try {
-      const target = wire.canonical ?? canonicalizeTarget(wire.method, wire.target, options.paths);
+      // Doors that only answer a check cannot make the application see the canonical path: they refuse
+      // paths that would need normalizing rather than authorize a form the application never receives.
+      const strictSegments = wire.frontDoor !== 'proxy' && wire.frontDoor !== 'cli';
+      const target = wire.canonical ?? canonicalizeTarget(wire.method, wire.target, strictSegments ? strictPaths : options.paths);
       request = {
         frontDoor: wire.frontDoor,
         method: wire.method,
@@ -191,6 +197,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       }
     },
     isClientIdentityHeader: (name) => identityHeaders.isClientIdentityHeader(name),
+    identityHeaderNames: identityHeaders.names,
     scrubHeadersForUpstream: (headers) => {
       if (!options.forwardToken) credentials.scrubHeaders(headers);
     },

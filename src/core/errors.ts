@@ -33,6 +33,7 @@ export const REASONS = {
   PATH_BACKSLASH: { status: 400, title: 'Bad Request' },
   PATH_ENCODED_SLASH: { status: 400, title: 'Bad Request' },
   PATH_SEMICOLON: { status: 400, title: 'Bad Request' },
+  PATH_NOT_CANONICAL: { status: 400, title: 'Bad Request' },
   UPSTREAM_UNAVAILABLE: { status: 502, title: 'Bad Gateway' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
   BAD_REQUEST: { status: 400, title: 'Bad Request' },

@@ -31,6 +31,12 @@ export interface IdentityHeaders {
    */
   isClientIdentityHeader(name: string): boolean;
   /**
+   * Every header name the sidecar owns, lower-case: the configured identity headers and the
+   * OVERRIDE_HEADERS. Check doors ask their proxy to remove each one the sidecar does not set, whether or
+   * not the check request showed it (the proxy may not include every client header in the check).
+   */
+  readonly names: readonly string[];
+  /**
    * The headers for an allowed request; `undefined` when the identity cannot be rendered safely, which the
    * engine turns into a 401. The anonymous identity gets no identity headers at all.
    */
@@ -82,7 +88,12 @@ export function createIdentityHeaders(options: IdentityHeaderOptions): IdentityH
   );
   const claimHeaders = Object.entries(options.claims).map(([header, path]) => [header.toLowerCase(), path] as const);
 
+  const names = Object.freeze(
+    [...new Set([options.subject, options.issuer, options.roles, options.scopes, ...Object.keys(options.claims), ...OVERRIDE_HEADERS].map((n) => n.toLowerCase()))],
+  );
+
   return {
+    names,
     isClientIdentityHeader(name: string): boolean {
       const n = normalize(name);
       return (prefix !== '' && n.startsWith(prefix)) || named.has(n);

@@ -11,7 +11,12 @@ import { decisionProblem, type Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE } from '../core/errors.js';
 import type { ForwardedHeaders } from '../core/stages.js';
 
+/** A request id taken from a client when it is a sane token (it goes into logs), else a new one. */
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function requestIdOrNew(given: string | undefined): string {
+  return given !== undefined && REQUEST_ID.test(given) ? given : randomUUID();
+}
 
 export interface UpstreamChanges {
   /** Headers to set (overwrite) on the forwarded request. */
@@ -24,8 +29,7 @@ export interface UpstreamChanges {
 
 /** The request id of a check: the original request's x-request-id when sane, else a new one. */
 export function checkRequestId(headers: HeaderMap, fallback?: string): string {
-  const given = headers['x-request-id']?.[0] ?? fallback;
-  return given !== undefined && REQUEST_ID.test(given) ? given : randomUUID();
+  return requestIdOrNew(headers['x-request-id']?.[0] ?? fallback);
 }
 
 function queryNames(query: string | undefined): string[] {
@@ -38,7 +42,8 @@ function queryNames(query: string | undefined): string[] {
 
 export function upstreamChanges(engine: DecisionEngine, headers: HeaderMap, decision: Decision): UpstreamChanges {
   const set: Record<string, string> = { ...decision.upstreamHeaders };
-  const remove = new Set<string>();
+  // Every header the sidecar owns goes, seen in the check or not; plus any other spoofed one that was seen.
+  const remove = new Set<string>(engine.identityHeaderNames);
   for (const name of Object.keys(headers)) {
     if (engine.isClientIdentityHeader(name) && !(name in set)) remove.add(name);
   }

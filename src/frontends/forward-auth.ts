@@ -2,34 +2,51 @@
  * Forward-auth (`extAuthz.forwardAuth`): nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`.
  * The original request comes from `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host` (Traefik,
  * Caddy) or `X-Original-Method`, `X-Original-URI` (nginx). These headers are trusted only here: bind this
- * listener to loopback or a pod-internal address, where only the proxy can reach it. The answer is 200 with
- * the identity headers for the proxy to copy upstream, or 401/403 (nginx turns any other status into 500).
+ * listener to loopback or a pod-internal address, where only the proxy can reach it. Exactly one family must be present, each header once. The answer is 200 with the identity headers for
+ * the proxy to copy upstream, or 401/403 (nginx turns any other status into 500).
  */
 import type { FastifyInstance } from 'fastify';
 import type { HeaderMap } from '../core/access-request.js';
 import { createHttpCheckServer, type HttpCheckServerOptions } from './http-check-server.js';
 
-function first(headers: HeaderMap, ...names: string[]): string | undefined {
-  for (const name of names) {
-    const value = headers[name];
-    if (value !== undefined) return value.length === 1 ? value[0] : undefined;
+const FORWARDED = ['x-forwarded-method', 'x-forwarded-uri'] as const;
+const ORIGINAL = ['x-original-method', 'x-original-uri'] as const;
+
+/**
+ * Exactly one family of headers describes the original request. A proxy sets its own family (and must
+ * overwrite a client's copy); a request carrying both families, or any of them twice, is ambiguous: a
+ * client may have added the other family to get a different request checked (through nginx, a client's
+ * own X-Forwarded-Uri would otherwise be read instead of nginx's X-Original-URI). 400, never a guess.
+ */
+function original(headers: HeaderMap): { method: string; target: string; host: string | undefined } | { error: string } {
+  const present = (names: readonly string[]): boolean => names.some((n) => headers[n] !== undefined);
+  const hasForwarded = present(FORWARDED);
+  const hasOriginal = present(ORIGINAL);
+  if (hasForwarded && hasOriginal) return { error: 'forward-auth got both X-Forwarded-* and X-Original-* headers' };
+  const [methodName, uriName] = hasForwarded ? FORWARDED : ORIGINAL;
+  const single = (name: string): string | undefined | null => {
+    const values = headers[name];
+    if (values === undefined) return undefined;
+    return values.length === 1 ? (values[0] ?? null) : null;
+  };
+  const method = single(methodName);
+  const target = single(uriName);
+  const host = single('x-forwarded-host') ?? single('host');
+  if (method === null || target === null || host === null) return { error: 'forward-auth got a repeated X-Forwarded-*/X-Original-* or Host header' };
+  if (method === undefined || target === undefined) {
+    return { error: `forward-auth needs ${methodName} and ${uriName}` };
   }
-  return undefined;
+  return { method, target, host };
 }
 
 export function createForwardAuthServer(options: HttpCheckServerOptions): FastifyInstance {
   return createHttpCheckServer(
     {
       frontDoor: 'forwardAuth',
-      translate({ method, headers }) {
-        const target = first(headers, 'x-forwarded-uri', 'x-original-uri');
-        if (target === undefined) return { error: 'forward-auth needs exactly one X-Forwarded-Uri or X-Original-URI header' };
-        return {
-          method: first(headers, 'x-forwarded-method', 'x-original-method') ?? method,
-          target,
-          host: first(headers, 'x-forwarded-host', 'host') ?? '',
-          peer: '',
-        };
+      translate({ headers }) {
+        const o = original(headers);
+        if ('error' in o) return o;
+        return { method: o.method, target: o.target, host: o.host ?? '', peer: '' };
       },
       allowHeaders: (changes) => ({ ...changes.set }),
     },

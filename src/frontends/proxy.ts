@@ -7,7 +7,6 @@
  * router, the policy and the forwarded request all see the same path: a check on the raw URL followed by a
  * proxy that folds `/./admin` later is the bypass this avoids.
  */
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import httpProxy from '@fastify/http-proxy';
@@ -19,6 +18,7 @@ import type { DecisionEngine } from '../core/decide.js';
 import { decisionProblem, type Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody, REASONS, type ReasonCode } from '../core/errors.js';
 import type { UpstreamAddress } from '../config/address.js';
+import { requestIdOrNew } from './check-answer.js';
 import { logDecision, type DecisionLogLevel } from './decision-log.js';
 
 export interface ProxyOptions {
@@ -32,7 +32,6 @@ export interface ProxyOptions {
 
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never relayed by a proxy. */
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
 /** Hop-by-hop and handshake headers that the WebSocket client sets itself (RFC 9110 §7.6.1, RFC 6455 §4.1). */
@@ -72,7 +71,7 @@ function sendDecision(reply: FastifyReply, decision: Decision): unknown {
 /** The request id is taken from the client when it is a sane token (it goes into logs), else created. */
 export function requestIdOf(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
-  return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+  return requestIdOrNew(typeof given === 'string' ? given : undefined);
 }
 
 /** Removes hop-by-hop headers from an upstream response, including those its Connection header names. */
@@ -144,15 +143,14 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     request: { readonly id: string; readonly headers: Readonly<Record<string, string | string[] | undefined>> },
     headers: Record<string, string | string[] | undefined>,
   ): Record<string, string | string[] | undefined> {
+    // Client identity headers were already removed from the raw request in onRequest.
     const decision = allowed.get(request);
-    for (const name of Object.keys(headers)) {
-      if (engine.isClientIdentityHeader(name)) delete headers[name];
-    }
     engine.scrubHeadersForUpstream(headers);
     if (decision !== undefined) Object.assign(headers, decision.upstreamHeaders);
     headers['x-request-id'] = request.id;
-    const host = request.headers.host;
-    if (typeof host === 'string') headers['x-forwarded-host'] = host;
+    // The host the decision was made for (an absolute-form target's authority wins over Host).
+    const host = decision?.request?.host ?? request.headers.host;
+    if (typeof host === 'string' && host !== '') headers['x-forwarded-host'] = host;
     return headers;
   }
 

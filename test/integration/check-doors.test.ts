@@ -57,7 +57,10 @@ describe('HTTP ext_authz (Envoy rules)', () => {
     expect(res.headers.get('x-auth-subject')).toBe('reader-app');
     expect(res.headers.get('x-auth-roles')).toBe('reader');
     expect(res.headers.get('x-auth-issuer')).toBe(idp.issuer);
-    expect(res.headers.get('x-envoy-auth-headers-to-remove')?.split(',').sort()).toEqual(['authorization', 'x-auth-other']);
+    // Every header the sidecar owns and does not set goes, seen in the check or not, plus spoofed ones seen.
+    expect(res.headers.get('x-envoy-auth-headers-to-remove')?.split(',').sort()).toEqual(
+      ['authorization', 'x-auth-other', 'x-auth-scopes', 'x-http-method', 'x-http-method-override', 'x-method-override', 'x-original-url', 'x-rewrite-url'],
+    );
     expect(await res.text()).toBe('');
   });
 
@@ -84,10 +87,15 @@ describe('HTTP ext_authz (Envoy rules)', () => {
     expect(post.status).toBe(401);
   });
 
-  it('applies the canonical path rules after the prefix, raw', async () => {
+  it('applies the canonical path rules after the prefix, raw, and refuses paths Envoy should have normalized', async () => {
     const host = new URL(httpUrl).host;
+    // Envoy forwards the raw path to the app: a path that needs normalizing is refused, never authorized
+    // in a form the app does not receive.
     const up = await rawRequest(httpUrl, ['GET /ext-authz/public/%2e%2e/orders/1 HTTP/1.1', `Host: ${host}`]);
-    expect(up.status).toBe(401);
+    expect(up.status).toBe(400);
+    expect(up.body).toContain('PATH_NOT_CANONICAL');
+    const tilde = await rawRequest(httpUrl, ['GET /ext-authz/public/%7Euser HTTP/1.1', `Host: ${host}`]);
+    expect(tilde.status).toBe(200);
     const slash = await rawRequest(httpUrl, ['GET /ext-authz/public/a%2Fb HTTP/1.1', `Host: ${host}`]);
     expect(slash.status).toBe(400);
   });
@@ -117,17 +125,27 @@ describe('forward-auth', () => {
     expect(res.headers.get('www-authenticate')).toBe('Bearer realm="authz-sidecar"');
   });
 
-  it('decides on the canonical form of the forwarded URI', async () => {
-    const res = await fetch(`${forwardUrl}/`, { headers: { 'x-forwarded-uri': '/public/../orders/9' } });
-    expect(res.status).toBe(401);
-    const open = await fetch(`${forwardUrl}/`, { headers: { 'x-forwarded-uri': '/orders/../public/9' } });
-    expect(open.status).toBe(200);
+  it('refuses a forwarded URI that would need normalizing, in either direction', async () => {
+    for (const uri of ['/public/../orders/9', '/orders/../public/9', '/public//x']) {
+      const res = await fetch(`${forwardUrl}/`, { headers: { 'x-forwarded-method': 'GET', 'x-forwarded-uri': uri } });
+      expect(res.status).toBe(400);
+    }
+  });
+
+  it('answers 400 for both header families, or a repeated method header (a client adding its own)', async () => {
+    const both = await fetch(`${forwardUrl}/`, { headers: { 'x-original-method': 'GET', 'x-original-uri': '/orders/1', 'x-forwarded-uri': '/public/x' } });
+    expect(both.status).toBe(400);
+    const host = new URL(forwardUrl).host;
+    const twice = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${host}`, 'X-Forwarded-Uri: /public/a', 'X-Forwarded-Method: GET', 'X-Forwarded-Method: DELETE']);
+    expect(twice.status).toBe(400);
+    const noMethod = await fetch(`${forwardUrl}/`, { headers: { 'x-original-uri': '/public/a' } });
+    expect(noMethod.status).toBe(400);
   });
 
   it('answers 400 without an original URI, or with two', async () => {
     expect((await fetch(`${forwardUrl}/`)).status).toBe(400);
     const host = new URL(forwardUrl).host;
-    const two = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${host}`, 'X-Forwarded-Uri: /public/a', 'X-Forwarded-Uri: /orders/1']);
+    const two = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${host}`, 'X-Forwarded-Method: GET', 'X-Forwarded-Uri: /public/a', 'X-Forwarded-Uri: /orders/1']);
     expect(two.status).toBe(400);
   });
 });
@@ -147,45 +165,17 @@ describe.skipIf(NGINX === undefined && process.env['CI'] === undefined)('nginx a
     dir = await mkdtemp(join(tmpdir(), 'authz-nginx-'));
     await mkdir(join(dir, 'logs'));
     const port = await freePort();
-    const upstreamPort = new URL(upstream.url).port;
-    const config = `
-daemon off;
-master_process off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/logs/error.log warn;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  server {
-    listen 127.0.0.1:${port};
-    location / {
-      auth_request /_authz;
-      auth_request_set $auth_subject $upstream_http_x_auth_subject;
-      auth_request_set $auth_roles $upstream_http_x_auth_roles;
-      proxy_set_header X-Auth-Subject $auth_subject;
-      proxy_set_header X-Auth-Roles $auth_roles;
-      proxy_set_header Authorization "";
-      proxy_pass http://127.0.0.1:${upstreamPort};
-    }
-    location = /_authz {
-      internal;
-      proxy_pass http://${sidecar.extAuthz.forwardAuth ?? ''};
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-    }
-  }
-}
-`;
+    // The shipped example, with its ports pointed at this test's servers.
+    const shipped = await readFile(join(import.meta.dirname, '../../deploy/nginx/nginx.conf'), 'utf8');
+    const config = shipped
+      .replace('listen 8080;', `listen 127.0.0.1:${port};`)
+      .replace('http://127.0.0.1:3000', upstream.url)
+      .replace('http://127.0.0.1:9193', `http://${sidecar.extAuthz.forwardAuth ?? ''}`);
+    expect(config).not.toBe(shipped);
     await writeFile(join(dir, 'nginx.conf'), config);
-    nginx = spawn(NGINX, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'logs/error.log')], { stdio: 'ignore' });
+    nginx = spawn(NGINX, ['-p', `${dir}/`, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'logs/error.log'), '-g', `daemon off; master_process off; pid ${dir}/nginx.pid;`], {
+      stdio: 'ignore',
+    });
     nginxUrl = `http://127.0.0.1:${port}`;
     const deadline = Date.now() + 10_000;
     for (;;) {
@@ -210,6 +200,32 @@ http {
     expect(seen?.headers['x-auth-subject']).toBe('reader-app');
     expect(seen?.headers['x-auth-roles']).toBe('reader');
     expect(seen?.headers['authorization']).toBeUndefined();
+  });
+
+  it('a client cannot pick the method or path that is checked with its own X-Forwarded-* headers', async () => {
+    const before = upstream.requests.length;
+    const path = await fetch(`${nginxUrl}/orders/34`, { headers: { 'x-forwarded-uri': '/public/x' } });
+    expect(path.status).toBe(401);
+    const method = await fetch(`${nginxUrl}/orders/34`, { method: 'DELETE', headers: { authorization: `Bearer ${reader}`, 'x-forwarded-method': 'GET' } });
+    expect(method.status).toBe(403);
+    expect(upstream.requests.length).toBe(before);
+  });
+
+  it('no client identity or override header reaches the upstream, even for anonymous callers', async () => {
+    const res = await fetch(`${nginxUrl}/public/spoof`, {
+      headers: { 'x-auth-subject': 'root', 'x-auth-roles': 'admin', 'x-auth-scopes': 'admin', 'x-auth-issuer': 'evil', 'x-http-method-override': 'DELETE', 'x-original-url': '/admin' },
+    });
+    expect(res.status).toBe(200);
+    const names = Object.keys(upstream.requests.at(-1)?.headers ?? {});
+    for (const h of ['x-auth-subject', 'x-auth-roles', 'x-auth-scopes', 'x-auth-issuer', 'x-http-method-override', 'x-original-url']) expect(names).not.toContain(h);
+  });
+
+  it('a path that would need normalizing is refused, not authorized in a form the app never sees', async () => {
+    const host = new URL(nginxUrl).host;
+    const res = await rawRequest(nginxUrl, ['GET /public//../orders/42 HTTP/1.1', `Host: ${host}`]);
+    expect(res.status).toBeGreaterThanOrEqual(400);
+    expect(res.status).not.toBe(404);
+    expect(upstream.requests.at(-1)?.url).not.toBe('/public//../orders/42');
   });
 
   it('401 reaches the client with the Bearer challenge, and nothing reaches the upstream', async () => {

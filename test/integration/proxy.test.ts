@@ -300,6 +300,13 @@ describe('canonical path', () => {
     expect(upstream.requests.length).toBe(before);
   });
 
+  it('forwards the host the decision was made for (absolute-form authority over Host) as x-forwarded-host', async () => {
+    const host = new URL(sidecar.url).host;
+    const res = await rawRequest(sidecar.url, ['GET http://decided.example/public/abs HTTP/1.1', `Host: ${host}`]);
+    expect(res.status).toBe(200);
+    expect(last().headers['x-forwarded-host']).toBe('decided.example');
+  });
+
   it('rejects OPTIONS * with 400', async () => {
     const host = new URL(sidecar.url).host;
     const res = await rawRequest(sidecar.url, ['OPTIONS * HTTP/1.1', `Host: ${host}`]);
