@@ -1,7 +1,7 @@
 /**
  * Opaque access tokens through OAuth 2.0 Token Introspection (RFC 7662) with openid-client. Only
  * `active: true` (a real boolean, checked by openid-client) counts; `exp` and `nbf` are checked with the
- * same skew as JWTs, `aud` when `audiences` is set, and `iss` when the answer carries one. Active answers
+ * default JWT clock skew (30 s), `aud` when `audiences` is set, and `iss` when the answer carries one. Active answers
  * are cached (bounded LRU keyed by endpoint and the token's SHA-256) for `cacheSeconds`, never past the
  * token's `exp`; inactive answers and failures are never cached as a success, and concurrent requests
  * for the same token share one introspection call. An IdP that cannot be reached, or does not answer
