@@ -1,0 +1,304 @@
+/**
+ * The attack suite: the real sidecar process (bin/authz-sidecar.js serve) on loopback, attacked from
+ * outside with raw bytes over a socket wherever an HTTP client would normalize the request. Each case names
+ * the attack and its source; the rule for path cases is "either 400, or the decision was made on the
+ * canonical path and the upstream saw exactly that path".
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac, KeyObject as NodeKeyObject, sign as nodeSign } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { CompactSign, exportJWK, exportSPKI, generateKeyPair, SignJWT, type JWK, type KeyObject } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { rawRequest } from '../support/raw-http.js';
+import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
+import { freePort, startRecordingUpstream, type Recorded, type RecordingUpstream } from '../support/upstream.js';
+
+const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
+const ISSUER = 'https://idp.test';
+const AUD = 'orders-api';
+
+let dir: string;
+let upstream: RecordingUpstream;
+let sidecar: ChildProcess;
+let url: string;
+let host: string;
+let rsa: { privateKey: KeyObject; publicKey: KeyObject; jwk: JWK };
+let ec: { privateKey: KeyObject; jwk: JWK };
+let attackerFetches = 0;
+let attackerUrl: string;
+const closeAttacker: Array<() => void> = [];
+
+const b64 = (o: unknown): string => Buffer.from(typeof o === 'string' ? o : JSON.stringify(o)).toString('base64url');
+const now = (): number => Math.floor(Date.now() / 1000);
+const claims = (over: Record<string, unknown> = {}): Record<string, unknown> => ({ iss: ISSUER, aud: AUD, sub: 'alice', roles: ['reader'], iat: now(), exp: now() + 300, ...over });
+
+async function rs256(payload: Record<string, unknown>, header: Record<string, unknown> = {}): Promise<string> {
+  return new CompactSign(Buffer.from(JSON.stringify(payload))).setProtectedHeader({ alg: 'RS256', kid: 'rsa-1', ...header }).sign(rsa.privateKey);
+}
+
+/** RS256 over any header, including ones jose refuses to produce (unknown crit, b64: false). */
+function rs256Raw(header: Record<string, unknown>, payloadSegment: string, signingPayload = payloadSegment): string {
+  const protectedPart = b64(header);
+  const key = NodeKeyObject.from(rsa.privateKey as unknown as Parameters<typeof NodeKeyObject.from>[0]);
+  const signature = nodeSign('sha256', Buffer.from(`${protectedPart}.${signingPayload}`), key).toString('base64url');
+  return `${protectedPart}.${payloadSegment}.${signature}`;
+}
+
+function last(): Recorded | undefined {
+  return upstream.requests.at(-1);
+}
+
+async function send(lines: string[]): Promise<{ status: number; body: string; upstreamCount: number }> {
+  const before = upstream.requests.length;
+  const res = await rawRequest(url, lines);
+  return { status: res.status, body: res.body, upstreamCount: upstream.requests.length - before };
+}
+
+async function withToken(token: string, method = 'GET', path = '/orders/1'): Promise<{ status: number; upstreamCount: number }> {
+  return send([`${method} ${path} HTTP/1.1`, `Host: ${host}`, `Authorization: Bearer ${token}`]);
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'authz-attacks-'));
+  const r = await generateKeyPair('RS256', { extractable: true });
+  rsa = { privateKey: r.privateKey, publicKey: r.publicKey, jwk: { ...(await exportJWK(r.publicKey)), kid: 'rsa-1', alg: 'RS256', use: 'sig' } };
+  const e = await generateKeyPair('ES256', { extractable: true });
+  ec = { privateKey: e.privateKey, jwk: { ...(await exportJWK(e.publicKey)), kid: 'ec-1', alg: 'ES256', use: 'sig' } };
+  await writeFile(join(dir, 'jwks.json'), JSON.stringify({ keys: [rsa.jwk, ec.jwk] }));
+
+  // An attacker's key server: any fetch of it means a token header made us reach out.
+  const attacker = createServer((_req, res) => {
+    attackerFetches++;
+    res.end(JSON.stringify({ keys: [] }));
+  });
+  await new Promise<void>((done) => attacker.listen(0, '127.0.0.1', done));
+  attackerUrl = `http://127.0.0.1:${(attacker.address() as AddressInfo).port}`;
+  closeAttacker.push(() => attacker.close());
+
+  upstream = await startRecordingUpstream();
+  const [port, adminPort] = [await freePort(), await freePort()];
+  await writeFile(
+    join(dir, 'config.yaml'),
+    stringify({
+      listen: `127.0.0.1:${port}`,
+      admin: { listen: `127.0.0.1:${adminPort}` },
+      upstream: { url: upstream.url, timeoutSeconds: 5 },
+      authn: { jwt: [{ issuer: ISSUER, audiences: [AUD], jwksFile: './jwks.json', algorithms: ['RS256', 'ES256'], clockSkewSeconds: 30 }] },
+      authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
+      logging: { level: 'silent', decisions: 'none' },
+    }),
+  );
+  sidecar = spawn(process.execPath, [BIN, 'serve', '--config', join(dir, 'config.yaml')], { stdio: 'ignore' });
+  url = `http://127.0.0.1:${port}`;
+  host = `127.0.0.1:${port}`;
+  const deadline = Date.now() + 15_000;
+  while (!(await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((res) => res.status === 200, () => false))) {
+    if (Date.now() > deadline) throw new Error('the sidecar did not become ready');
+    await new Promise((done) => setTimeout(done, 50));
+  }
+});
+
+afterAll(async () => {
+  sidecar?.kill('SIGTERM');
+  if (sidecar !== undefined && sidecar.exitCode === null) await new Promise((done) => sidecar.once('exit', done));
+  for (const c of closeAttacker) c();
+  await upstream?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('tokens (RFC 8725, OWASP JWT cheat sheet)', () => {
+  it('a valid token is accepted (the baseline every attack below is compared with)', async () => {
+    expect((await withToken(await rs256(claims()))).status).toBe(200);
+    // The hand-made signer used for headers jose refuses to produce makes valid tokens too.
+    expect((await withToken(rs256Raw({ alg: 'RS256', kid: 'rsa-1' }, b64(claims())))).status).toBe(200);
+  });
+
+  const attacks: Array<[attack: string, source: string, token: () => Promise<string>]> = [
+    ['alg "none"', 'RFC 8725 §3.1, CVE-2015-9235', async () => `${b64({ alg: 'none', typ: 'JWT' })}.${b64(claims())}.`],
+    ['alg "None"', 'RFC 8725 §3.1', async () => `${b64({ alg: 'None' })}.${b64(claims())}.`],
+    ['alg "NONE" with a signature', 'RFC 8725 §3.1', async () => `${b64({ alg: 'NONE' })}.${b64(claims())}.c2ln`],
+    ['HS256 signed with the RSA public key as the secret', 'RFC 8725 §2.1, CVE-2016-10555', async () => {
+      const pem = await exportSPKI(rsa.publicKey);
+      const input = `${b64({ alg: 'HS256', kid: 'rsa-1' })}.${b64(claims())}`;
+      return `${input}.${createHmac('sha256', pem).update(input).digest('base64url')}`;
+    }],
+    ['embedded jwk of the attacker', 'CVE-2018-0114', async () => {
+      const k = await generateKeyPair('RS256', { extractable: true });
+      return new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', jwk: await exportJWK(k.publicKey) }).sign(k.privateKey);
+    }],
+    ['jku pointing at the attacker', 'RFC 8725 §3.10', async () => {
+      const k = await generateKeyPair('RS256');
+      return new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', kid: 'x', jku: `${attackerUrl}/jwks` }).sign(k.privateKey);
+    }],
+    ['x5u pointing at the attacker', 'RFC 8725 §3.10', async () => {
+      const k = await generateKeyPair('RS256');
+      return new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', kid: 'x', x5u: `${attackerUrl}/cert` }).sign(k.privateKey);
+    }],
+    ['x5c with the attacker certificate', 'RFC 8725 §3.10', async () => {
+      const k = await generateKeyPair('RS256');
+      return new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', x5c: ['MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA'] }).sign(k.privateKey);
+    }],
+    ['hostile kid (path traversal)', 'OWASP JWT cheat sheet', async () => {
+      const k = await generateKeyPair('RS256');
+      return new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', kid: '../../../../dev/null' }).sign(k.privateKey);
+    }],
+    ['hostile kid (SQL)', 'OWASP JWT cheat sheet', async () => {
+      const k = await generateKeyPair('RS256');
+      return new SignJWT(claims()).setProtectedHeader({ alg: 'RS256', kid: "' OR '1'='1" }).sign(k.privateKey);
+    }],
+    ['crit with an unknown extension', 'RFC 7515 §4.1.11', async () => rs256Raw({ alg: 'RS256', kid: 'rsa-1', crit: ['x-unknown'], 'x-unknown': 1 }, b64(claims()))],
+    ['b64: false', 'RFC 7797 §6', async () => rs256Raw({ alg: 'RS256', kid: 'rsa-1', b64: false, crit: ['b64'] }, b64(claims()), JSON.stringify(claims()))],
+    ['no exp', 'RFC 8725 §3.10 (exp required by us)', () => rs256(claims({ exp: undefined }))],
+    ['exp far in the past', 'RFC 7519 §4.1.4', () => rs256(claims({ exp: 1_000_000 }))],
+    ['nbf in the future', 'RFC 7519 §4.1.5', () => rs256(claims({ nbf: now() + 3600 }))],
+    ['iat in the future', 'jose accepts it unless told otherwise', () => rs256(claims({ iat: now() + 3600 }))],
+    ['no sub', 'subject must be a non-empty string', () => rs256(claims({ sub: undefined }))],
+    ['empty sub', 'subject must be a non-empty string', () => rs256(claims({ sub: '' }))],
+    ['sub as an array', 'jose accepts it', () => rs256(claims({ sub: ['admin'] }))],
+    ['sub as a number', 'jose accepts it', () => rs256(claims({ sub: 0 }))],
+    ['ES256 signature of zeros', 'CVE-2022-21449 (psychic signatures)', async () => `${b64({ alg: 'ES256', kid: 'ec-1' })}.${b64(claims())}.${Buffer.alloc(64).toString('base64url')}`],
+    ['a JWE instead of a JWS', 'RFC 7516', async () => `${b64({ alg: 'RSA-OAEP', enc: 'A256GCM' })}.${b64('k')}.${b64('iv')}.${b64('ct')}.${b64('tag')}`],
+    ['two segments', 'RFC 7515 §7.1', async () => `${b64({ alg: 'RS256' })}.${b64(claims())}`],
+    ['four segments', 'RFC 7515 §7.1', async () => `${await rs256(claims())}.extra`],
+    ['padded signature', 'RFC 7515 §2 (base64url without padding)', async () => `${await rs256(claims())}==`],
+    ['an ID token used as an access token (aud is the client)', 'RFC 9068 §4', () => rs256(claims({ aud: 'orders-web-client', nonce: 'n', typ: 'ID' }))],
+    ['another issuer signing with our key id', 'issuer isolation', () => rs256(claims({ iss: 'https://evil.test' }))],
+    ['a token for another audience', 'RFC 7519 §4.1.3', () => rs256(claims({ aud: 'billing-api' }))],
+  ];
+  it.each(attacks)('refuses %s (%s) with 401 and nothing reaches the upstream', async (_attack, _source, make) => {
+    const before = attackerFetches;
+    const res = await withToken(await make());
+    expect(res.status).toBe(401);
+    expect(res.upstreamCount).toBe(0);
+    // And a public path does not downgrade it to anonymous.
+    expect((await withToken(await make(), 'GET', '/public/x')).status).toBe(401);
+    expect(attackerFetches).toBe(before);
+  });
+
+  it('__proto__ claims grant nothing (prototype pollution)', async () => {
+    const token = await rs256({ ...claims({ roles: [] }), ['__proto__']: { roles: ['admin'] }, constructor: { prototype: { roles: ['admin'] } } });
+    const res = await withToken(token, 'DELETE', '/orders/1');
+    expect(res.status).toBe(403);
+  });
+
+  it('an oversized token is refused (431 for the header, never 200 or 500)', async () => {
+    const res = await withToken(await rs256(claims({ pad: 'x'.repeat(20_000) })));
+    expect(res.status).toBe(431);
+  });
+
+  it('two Authorization headers are a 400 (which one would the app see?)', async () => {
+    const t = await rs256(claims());
+    const res = await send(['GET /orders/1 HTTP/1.1', `Host: ${host}`, `Authorization: Bearer ${t}`, `Authorization: Bearer ${t}`]);
+    expect(res.status).toBe(400);
+  });
+});
+
+describe('paths (Envoy CVE-2019-9901, CVE-2021-29492; Istio #27409; Oathkeeper GHSA-p224; oauth2-proxy GHSA-7rh7)', () => {
+  // [attack, raw target, expected status, what the upstream must see when it is reached]
+  const cases: Array<[attack: string, target: string, status: number, seen?: string]> = [
+    ['dot segments', '/public/../orders/1', 401],
+    ['encoded dot segments', '/public/%2e%2e/orders/1', 401],
+    ['mixed-case encoded dots', '/public/%2E%2e/orders/1', 401],
+    ['single dot', '/public/./x', 200, '/public/x'],
+    ['repeated slashes', '//public//x', 200, '/public/x'],
+    ['repeated slashes before a protected path', '//orders/1', 401],
+    ['encoded slash', '/public%2F..%2Forders/1', 400],
+    ['encoded backslash', '/public%5C..%5Corders/1', 400],
+    ['raw backslash', '/public\\..\\orders/1', 400],
+    ['semicolon parameter', '/orders/1;.js', 400],
+    ['Tomcat ..;', '/public/..;/orders/1', 400],
+    ['fragment', '/public/x#/../../orders/1', 400],
+    ['encoded fragment', '/public/x%23/../../orders/1', 400],
+    ['encoded NUL', '/public/%00/../orders/1', 400],
+    ['encoded CR LF', '/public/%0d%0aX-Auth-Subject:%20root', 400],
+    ['overlong UTF-8 dots', '/public/%c0%ae%c0%ae/orders/1', 400],
+    ['invalid UTF-8', '/public/%ff', 400],
+    ['double encoding is not decoded twice', '/public/%252e%252e/orders/1', 200, '/public/%252e%252e/orders/1'],
+    ['absolute-form target', 'http://evil.example/orders/1', 401],
+    ['absolute-form to a public path', 'http://evil.example/public/../public/x', 200, '/public/x'],
+    ['path rules never match the query', '/orders/1?/public/x', 401],
+    ['a query that looks like traversal is forwarded as received', '/public/x?p=/../orders&q=%2F', 200, '/public/x?p=/../orders&q=%2F'],
+  ];
+  it.each(cases)('%s: %s -> %i', async (_attack, target, status, seen) => {
+    const res = await send([`GET ${target} HTTP/1.1`, `Host: ${host}`]);
+    expect(res.status).toBe(status);
+    if (status === 200) {
+      expect(res.upstreamCount).toBe(1);
+      expect(last()?.url).toBe(seen);
+    } else {
+      expect(res.upstreamCount).toBe(0);
+    }
+  });
+
+  it('OPTIONS * is a 400', async () => {
+    expect((await send(['OPTIONS * HTTP/1.1', `Host: ${host}`])).status).toBe(400);
+  });
+
+  it('a raw CR in the request line is refused by the HTTP parser (400)', async () => {
+    expect((await send(['GET /public/a\rX HTTP/1.1', `Host: ${host}`])).status).toBe(400);
+  });
+});
+
+describe('headers', () => {
+  async function spoofedAnonymous(extra: string[]): Promise<Array<[string, string]>> {
+    const res = await send(['GET /public/spoof HTTP/1.1', `Host: ${host}`, ...extra]);
+    expect(res.status).toBe(200);
+    const raw = last()?.rawHeaders ?? [];
+    const seen: Array<[string, string]> = [];
+    for (let i = 0; i < raw.length; i += 2) if (/^x[-_]auth[-_]|method|original-url|rewrite-url/i.test(raw[i] ?? '')) seen.push([raw[i] ?? '', raw[i + 1] ?? '']);
+    return seen;
+  }
+
+  it('identity headers in any case and with _ never reach the upstream (CVE-2017-6413)', async () => {
+    expect(await spoofedAnonymous(['X-Auth-Subject: root', 'x_auth_subject: root', 'X-AUTH-ROLES: admin', 'X_Auth-Issuer: evil'])).toEqual([]);
+  });
+
+  it('duplicated identity headers are all removed', async () => {
+    expect(await spoofedAnonymous(['X-Auth-Subject: a', 'X-Auth-Subject: b', 'x-auth-subject: c'])).toEqual([]);
+  });
+
+  it('identity headers after hundreds of filler headers are removed', async () => {
+    const filler = Array.from({ length: 300 }, (_, i) => `X-Filler-${i}: ${i}`);
+    expect(await spoofedAnonymous([...filler, 'X-Auth-Subject: root'])).toEqual([]);
+  });
+
+  it('method-override and URL-rewrite headers are removed', async () => {
+    expect(await spoofedAnonymous(['X-HTTP-Method-Override: DELETE', 'X-Method-Override: DELETE', 'X-HTTP-Method: DELETE', 'X-Original-URL: /orders/1', 'X-Rewrite-URL: /orders/1'])).toEqual([]);
+  });
+
+  it('naming the identity header in Connection does not remove the one the sidecar sets (hop-by-hop abuse)', async () => {
+    const t = await rs256(claims());
+    const res = await send(['GET /orders/2 HTTP/1.1', `Host: ${host}`, `Authorization: Bearer ${t}`, 'Connection: keep-alive, X-Auth-Subject, X-Auth-Roles']);
+    expect(res.status).toBe(200);
+    expect(last()?.headers['x-auth-subject']).toBe('alice');
+    expect(last()?.headers['x-auth-roles']).toBe('reader');
+  });
+
+  it('Content-Length with Transfer-Encoding (request smuggling) is a 400', async () => {
+    const res = await send(['POST /public/x HTTP/1.1', `Host: ${host}`, 'Content-Length: 4', 'Transfer-Encoding: chunked', '', '0', '', 'GET /orders/1 HTTP/1.1', `Host: ${host}`]);
+    expect(res.status).toBe(400);
+    expect(res.upstreamCount).toBe(0);
+  });
+
+  it('pipelined requests are each authorized', async () => {
+    const before = upstream.requests.length;
+    const res = await rawRequest(url, ['GET /public/one HTTP/1.1', `Host: ${host}`, '', `GET /orders/1 HTTP/1.1`, `Host: ${host}`]);
+    expect(res.status).toBe(200);
+    expect(res.body).toContain('HTTP/1.1 401');
+    expect(upstream.requests.length - before).toBe(1);
+    expect(last()?.url).toBe('/public/one');
+  });
+
+  it('a header section over 16 KiB is a 431', async () => {
+    expect((await send(['GET /public/x HTTP/1.1', `Host: ${host}`, `X-Big: ${'a'.repeat(20_000)}`])).status).toBe(431);
+  });
+
+  it('a 20 KiB path is a 431, never a 500', async () => {
+    expect((await send([`GET /public/${'a'.repeat(20_000)} HTTP/1.1`, `Host: ${host}`])).status).toBe(431);
+  });
+});
