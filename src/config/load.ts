@@ -188,6 +188,21 @@ export async function validateConfig(
   return deepFreeze(config);
 }
 
+/** Deeper than any real config; bounds every recursive walk over the data. */
+const MAX_DEPTH = 64;
+
+/** Refuses data that would send a walk around in circles (a self-referencing alias) or too deep. */
+function checkShape(value: unknown, depth = 0, path: object[] = []): string | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  if (path.includes(value)) return 'an alias refers to itself';
+  if (depth > MAX_DEPTH) return `nesting deeper than ${MAX_DEPTH} levels`;
+  for (const child of Object.values(value)) {
+    const error = checkShape(child, depth + 1, [...path, value]);
+    if (error !== undefined) return error;
+  }
+  return undefined;
+}
+
 /** A YAML file parsed, with a function that finds the line of a key path in it (for error messages). */
 export interface YamlFile {
   readonly data: unknown;
@@ -210,7 +225,15 @@ export async function readYamlFile(file: string, what = 'file'): Promise<YamlFil
       doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0] ?? e.code}`, line: e.linePos?.[0].line })),
     );
   }
-  return { data: doc.toJS({ maxAliasCount: 100 }) as unknown, lineAt: (path) => lineOf(doc, counter, path) };
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '', message: `YAML: ${(err as Error).message.split('\n')[0] ?? 'cannot be read'}` }]);
+  }
+  const shapeError = checkShape(data);
+  if (shapeError !== undefined) throw new ConfigError(file, [{ path: '', message: `YAML: ${shapeError}` }]);
+  return { data, lineAt: (path) => lineOf(doc, counter, path) };
 }
 
 export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
