@@ -31,6 +31,8 @@ let rsa: { privateKey: KeyObject; publicKey: KeyObject; jwk: JWK };
 let ec: { privateKey: KeyObject; jwk: JWK };
 let attackerFetches = 0;
 let attackerUrl: string;
+let checkHttpUrl: string;
+let forwardUrl: string;
 const closeAttacker: Array<() => void> = [];
 
 const b64 = (o: unknown): string => Buffer.from(typeof o === 'string' ? o : JSON.stringify(o)).toString('base64url');
@@ -81,13 +83,16 @@ beforeAll(async () => {
   closeAttacker.push(() => attacker.close());
 
   upstream = await startRecordingUpstream();
-  const [port, adminPort] = [await freePort(), await freePort()];
+  const [port, adminPort, httpPort, forwardPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  checkHttpUrl = `http://127.0.0.1:${httpPort}`;
+  forwardUrl = `http://127.0.0.1:${forwardPort}`;
   await writeFile(
     join(dir, 'config.yaml'),
     stringify({
       listen: `127.0.0.1:${port}`,
       admin: { listen: `127.0.0.1:${adminPort}` },
       upstream: { url: upstream.url, timeoutSeconds: 5 },
+      extAuthz: { http: { listen: `127.0.0.1:${httpPort}`, pathPrefix: '/check' }, forwardAuth: { listen: `127.0.0.1:${forwardPort}` } },
       authn: { jwt: [{ issuer: ISSUER, audiences: [AUD], jwksFile: './jwks.json', algorithms: ['RS256', 'ES256'], clockSkewSeconds: 30 }] },
       authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
       logging: { level: 'silent', decisions: 'none' },
@@ -198,9 +203,12 @@ describe('tokens (RFC 8725, OWASP JWT cheat sheet)', () => {
   });
 });
 
+type PathCase = [attack: string, target: string, status: number, seen?: string];
+let pathCases: PathCase[] = [];
+
 describe('paths (Envoy CVE-2019-9901, CVE-2021-29492; Istio #27409; Oathkeeper GHSA-p224; oauth2-proxy GHSA-7rh7)', () => {
   // [attack, raw target, expected status, what the upstream must see when it is reached]
-  const cases: Array<[attack: string, target: string, status: number, seen?: string]> = [
+  const cases: PathCase[] = [
     ['dot segments', '/public/../orders/1', 401],
     ['encoded dot segments', '/public/%2e%2e/orders/1', 401],
     ['mixed-case encoded dots', '/public/%2E%2e/orders/1', 401],
@@ -224,6 +232,7 @@ describe('paths (Envoy CVE-2019-9901, CVE-2021-29492; Istio #27409; Oathkeeper G
     ['path rules never match the query', '/orders/1?/public/x', 401],
     ['a query that looks like traversal is forwarded as received', '/public/x?p=/../orders&q=%2F', 200, '/public/x?p=/../orders&q=%2F'],
   ];
+  pathCases = cases;
   it.each(cases)('%s: %s -> %i', async (_attack, target, status, seen) => {
     const res = await send([`GET ${target} HTTP/1.1`, `Host: ${host}`]);
     expect(res.status).toBe(status);
@@ -300,5 +309,43 @@ describe('headers', () => {
 
   it('a 20 KiB path is a 431, never a 500', async () => {
     expect((await send([`GET /public/${'a'.repeat(20_000)} HTTP/1.1`, `Host: ${host}`])).status).toBe(431);
+  });
+});
+
+describe('the same path attacks through the check doors (HTTP ext_authz, forward-auth)', () => {
+  // These doors cannot change the path the application receives: a path the proxy would have normalized is
+  // refused (400), a denied one stays denied, and an allow only ever happens for a path that is canonical.
+  const expectedFor = (target: string, status: number, seen: string | undefined): number[] => {
+    if (status === 400) return [400];
+    if (status === 200) return seen === target ? [200] : [400];
+    return [400, status];
+  };
+  const originForm = (): PathCase[] => pathCases.filter(([, target]) => target.startsWith('/'));
+
+  it('HTTP ext_authz: every case answers as the rule says', async () => {
+    const checkHost = new URL(checkHttpUrl).host;
+    expect(originForm().length).toBeGreaterThan(15);
+    for (const [attack, target, status, seen] of originForm()) {
+      const res = await rawRequest(checkHttpUrl, [`GET /check${target} HTTP/1.1`, `Host: ${checkHost}`]);
+      expect({ attack, status: res.status }).toEqual({ attack, status: expect.toBeOneOf(expectedFor(target, status, seen)) as number });
+    }
+  });
+
+  it('forward-auth: every case answers as the rule says', async () => {
+    const fwdHost = new URL(forwardUrl).host;
+    for (const [attack, target, status, seen] of pathCases) {
+      if (/[\r\n]/.test(target)) continue;
+      const res = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${fwdHost}`, 'X-Forwarded-Method: GET', `X-Forwarded-Uri: ${target}`]);
+      // Absolute-form URIs are read as such (their path decides); a raw backslash or # in a header is fine
+      // for the HTTP parser, so the canonical rules answer.
+      expect({ attack, status: res.status }).toEqual({ attack, status: expect.toBeOneOf(expectedFor(target, status, seen)) as number });
+    }
+  });
+
+  it('forward-auth: identity and override headers of the client are never echoed as identity', async () => {
+    const fwdHost = new URL(forwardUrl).host;
+    const res = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${fwdHost}`, 'X-Forwarded-Method: GET', 'X-Forwarded-Uri: /public/x', 'X-Auth-Subject: root', 'X-HTTP-Method-Override: DELETE']);
+    expect(res.status).toBe(200);
+    expect(res.headers['x-auth-subject']).toBeUndefined();
   });
 });
