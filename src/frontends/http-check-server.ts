@@ -13,6 +13,7 @@ import type { Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
 import { checkRequestId, denyAnswer, upstreamChanges, type UpstreamChanges } from './check-answer.js';
 import { logDecision, type DecisionLogLevel } from './decision-log.js';
+import { SERVER_OPTIONS } from './proxy.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, but bound what we accept. */
 const CHECK_BODY_LIMIT = 1024 * 1024;
@@ -37,6 +38,7 @@ export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerO
     loggerInstance: options.logger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: CHECK_BODY_LIMIT,
+    http: SERVER_OPTIONS,
     // Every check request is handled by the one route; the original target is read from req.originalUrl.
     rewriteUrl: () => '/',
     genReqId: (req: IncomingMessage) => checkRequestId(headerMap(Object.entries(req.headersDistinct))),

@@ -30,6 +30,13 @@ export interface ProxyOptions {
   readonly decisionLog: DecisionLogLevel;
 }
 
+/**
+ * Slowloris: a client gets this long to send its request headers (node checks every second), then 408.
+ * Bodies are streamed to the app and bounded by upstream.timeoutSeconds on that side.
+ */
+export const HEADERS_TIMEOUT_MS = 10_000;
+export const SERVER_OPTIONS = { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000 };
+
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
 /** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never relayed by a proxy. */
@@ -95,6 +102,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     requestIdHeader: false,
     genReqId: requestIdOf,
     return503OnClosing: true,
+    http: SERVER_OPTIONS,
     rewriteUrl(req): string {
       const target = engine.canonicalize(req.method ?? 'GET', req.url ?? '');
       if (target === undefined) return '/'; // rejected in onRequest with the reason from decide()

@@ -303,6 +303,26 @@ describe('headers', () => {
     expect(last()?.url).toBe('/public/one');
   });
 
+  it('slowloris: a client trickling its headers is cut off after the headers timeout (408)', async () => {
+    const { connect } = await import('node:net');
+    const started = Date.now();
+    const answer = await new Promise<string>((done) => {
+      const socket = connect({ host: '127.0.0.1', port: Number(new URL(url).port) });
+      let got = '';
+      let n = 0;
+      socket.on('connect', () => socket.write(`GET /public/x HTTP/1.1\r\nHost: ${host}\r\n`));
+      const timer = setInterval(() => socket.write(`X-Slow-${n++}: 1\r\n`), 500);
+      socket.on('data', (d: Buffer) => (got += d.toString()));
+      socket.on('close', () => {
+        clearInterval(timer);
+        done(got);
+      });
+      socket.on('error', () => undefined);
+    });
+    expect(answer.startsWith('HTTP/1.1 408')).toBe(true);
+    expect(Date.now() - started).toBeLessThan(15_000);
+  }, 20_000);
+
   it('a header section over 16 KiB is a 431', async () => {
     expect((await send(['GET /public/x HTTP/1.1', `Host: ${host}`, `X-Big: ${'a'.repeat(20_000)}`])).status).toBe(431);
   });
