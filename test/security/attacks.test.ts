@@ -10,7 +10,10 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { CompactSign, exportJWK, exportSPKI, generateKeyPair, SignJWT, type JWK, type KeyObject } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
@@ -32,6 +35,7 @@ let ec: { privateKey: KeyObject; jwk: JWK };
 let attackerFetches = 0;
 let attackerUrl: string;
 let checkHttpUrl: string;
+let grpcAddress: string;
 let forwardUrl: string;
 const closeAttacker: Array<() => void> = [];
 
@@ -83,7 +87,8 @@ beforeAll(async () => {
   closeAttacker.push(() => attacker.close());
 
   upstream = await startRecordingUpstream();
-  const [port, adminPort, httpPort, forwardPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [port, adminPort, httpPort, forwardPort, grpcPort] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  grpcAddress = `127.0.0.1:${grpcPort}`;
   checkHttpUrl = `http://127.0.0.1:${httpPort}`;
   forwardUrl = `http://127.0.0.1:${forwardPort}`;
   await writeFile(
@@ -92,7 +97,11 @@ beforeAll(async () => {
       listen: `127.0.0.1:${port}`,
       admin: { listen: `127.0.0.1:${adminPort}` },
       upstream: { url: upstream.url, timeoutSeconds: 5 },
-      extAuthz: { http: { listen: `127.0.0.1:${httpPort}`, pathPrefix: '/check' }, forwardAuth: { listen: `127.0.0.1:${forwardPort}` } },
+      extAuthz: {
+        http: { listen: `127.0.0.1:${httpPort}`, pathPrefix: '/check' },
+        forwardAuth: { listen: `127.0.0.1:${forwardPort}` },
+        grpc: { listen: `127.0.0.1:${grpcPort}` },
+      },
       authn: { jwt: [{ issuer: ISSUER, audiences: [AUD], jwksFile: './jwks.json', algorithms: ['RS256', 'ES256'], clockSkewSeconds: 30 }] },
       authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
       logging: { level: 'silent', decisions: 'none' },
@@ -367,5 +376,47 @@ describe('the same path attacks through the check doors (HTTP ext_authz, forward
     const res = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${fwdHost}`, 'X-Forwarded-Method: GET', 'X-Forwarded-Uri: /public/x', 'X-Auth-Subject: root', 'X-HTTP-Method-Override: DELETE']);
     expect(res.status).toBe(200);
     expect(res.headers['x-auth-subject']).toBeUndefined();
+  });
+});
+
+describe('the same path and token attacks through gRPC ext_authz (client from the official Envoy protos)', () => {
+  type Check = { status: { code: number }; denied_response?: { body: string } };
+  let client: grpc.Client & { Check(req: unknown, cb: (e: grpc.ServiceError | null, r: Check) => void): void };
+  beforeAll(() => {
+    const deps = join(dirname(createRequire(import.meta.url).resolve('@grpc/grpc-js-xds/package.json')), 'deps');
+    const definition = protoLoader.loadSync('envoy/service/auth/v3/external_auth.proto', {
+      includeDirs: ['envoy-api', 'xds', 'googleapis', 'protoc-gen-validate'].map((d) => join(deps, d)),
+      keepCase: true,
+      defaults: true,
+      oneofs: true,
+    });
+    const pkg = grpc.loadPackageDefinition(definition) as unknown as {
+      envoy: { service: { auth: { v3: { Authorization: new (a: string, c: grpc.ChannelCredentials) => typeof client } } } };
+    };
+    client = new pkg.envoy.service.auth.v3.Authorization(grpcAddress, grpc.credentials.createInsecure());
+  });
+  afterAll(() => client?.close());
+
+  const check = (path: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Check> =>
+    new Promise((done, fail) => client.Check({ attributes: { request: { http: { method, path, host: 'shop', headers } } } }, (e, r) => (e ? fail(e) : done(r))));
+  // google.rpc codes: 0 OK, 3 INVALID_ARGUMENT (400), 7 PERMISSION_DENIED (403), 16 UNAUTHENTICATED (401)
+  const grpcCode: Record<number, number> = { 200: 0, 400: 3, 401: 16, 403: 7 };
+
+  it('path cases answer as the rule for check doors says, never a gRPC error', async () => {
+    for (const [attack, target, status, seen] of pathCases.filter(([, t]) => t.startsWith('/'))) {
+      const expected = status === 400 ? [3] : status === 200 ? (seen === target ? [0] : [3]) : [3, grpcCode[status]];
+      const res = await check(target);
+      expect({ attack, code: res.status.code }).toEqual({ attack, code: expect.toBeOneOf(expected) as number });
+    }
+  });
+
+  it('token attacks are denied with 16 (UNAUTHENTICATED) as a successful RPC', async () => {
+    const none = `${b64({ alg: 'none' })}.${b64(claims())}.`;
+    const zeroSig = `${b64({ alg: 'ES256', kid: 'ec-1' })}.${b64(claims())}.${Buffer.alloc(64).toString('base64url')}`;
+    for (const token of [none, zeroSig, await rs256(claims({ exp: 1 })), await rs256(claims({ aud: 'other' }))]) {
+      const res = await check('/orders/1', { authorization: `Bearer ${token}` });
+      expect(res.status.code).toBe(16);
+    }
+    expect((await check('/orders/1', { authorization: `Bearer ${await rs256(claims())}` })).status.code).toBe(0);
   });
 });
