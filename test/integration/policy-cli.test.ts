@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { RBAC_MODEL } from '../support/models.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -46,17 +47,6 @@ async function configWith(name: string, model: string, policy: string): Promise<
   return file(`${name}.yaml`, stringify({ upstream: { url: 'http://127.0.0.1:3000' }, authz: { model: modelFile, policy: policyFile } }));
 }
 
-const RBAC_MODEL = `[request_definition]
-r = sub, obj, act
-[policy_definition]
-p = sub, obj, act
-[role_definition]
-g = _, _
-[policy_effect]
-e = some(where (p.eft == allow))
-[matchers]
-m = g(r.sub, p.sub) && keyMatch2(r.obj, p.obj) && r.act == p.act
-`;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'authz-policy-cli-'));

@@ -10,23 +10,8 @@ import {
 } from '../../../src/authz/casbin-authorizer.js';
 import { headerMap, type AccessRequest } from '../../../src/core/access-request.js';
 import { copyClaims, type Identity } from '../../../src/core/identity.js';
+import { RBAC_MODEL } from '../../support/models.js';
 
-const RBAC_MODEL = `
-[request_definition]
-r = sub, obj, act
-
-[policy_definition]
-p = sub, obj, act
-
-[role_definition]
-g = _, _
-
-[policy_effect]
-e = some(where (p.eft == allow))
-
-[matchers]
-m = g(r.sub, p.sub) && keyMatch2(r.obj, p.obj) && (r.act == p.act || p.act == "*")
-`;
 
 const RBAC_POLICY = `
 p, anonymous, /public/*, GET

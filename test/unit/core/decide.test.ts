@@ -12,28 +12,13 @@ import { createDecisionEngine, type DecisionEngine } from '../../../src/core/dec
 import type { Decision } from '../../../src/core/decision.js';
 import type { ReasonCode } from '../../../src/core/errors.js';
 import { createIdentityHeaders } from '../../../src/core/identity-headers.js';
+import { RBAC_MODEL } from '../../support/models.js';
 
 const ISSUER = 'https://idp.example.com/realms/demo';
 const AUDIENCE = 'orders-api';
 const NOW = new Date('2030-01-01T00:00:00Z');
 const NOW_S = Math.floor(NOW.getTime() / 1000);
 
-const MODEL = `
-[request_definition]
-r = sub, obj, act
-
-[policy_definition]
-p = sub, obj, act
-
-[role_definition]
-g = _, _
-
-[policy_effect]
-e = some(where (p.eft == allow))
-
-[matchers]
-m = g(r.sub, p.sub) && keyMatch2(r.obj, p.obj) && (r.act == p.act || p.act == "*")
-`;
 
 const POLICY = `
 p, anonymous, /public/*, GET
@@ -43,7 +28,7 @@ g, role:admin, role:reader
 `;
 
 /** A matcher that calls a function Casbin does not know: evaluating it throws. */
-const THROWING_MODEL = MODEL.replace('m = g(r.sub, p.sub)', 'm = noSuchFunction(r.obj) && g(r.sub, p.sub)');
+const THROWING_MODEL = RBAC_MODEL.replace('m = g(r.sub, p.sub)', 'm = noSuchFunction(r.obj) && g(r.sub, p.sub)');
 
 const KEY = await generateKeyPair('RS256');
 const OTHER_KEY = await generateKeyPair('RS256');
@@ -83,7 +68,7 @@ interface EngineOptions {
 async function engine(options: EngineOptions = {}): Promise<DecisionEngine> {
   const modelPath = join(dir, `model-${files}.conf`);
   const policyPath = join(dir, `policy-${files++}.csv`);
-  await writeFile(modelPath, options.model ?? MODEL);
+  await writeFile(modelPath, options.model ?? RBAC_MODEL);
   await writeFile(policyPath, options.policy ?? POLICY);
   const e = createDecisionEngine({
     paths: { encodedSlashes: 'reject', semicolons: 'reject' },
