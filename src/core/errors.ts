@@ -37,6 +37,7 @@ export const REASONS = {
   UPSTREAM_UNAVAILABLE: { status: 502, title: 'Bad Gateway' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
   BAD_REQUEST: { status: 400, title: 'Bad Request' },
+  HEADERS_TOO_MANY: { status: 431, title: 'Request Header Fields Too Large' },
   NOT_FOUND: { status: 404, title: 'Not Found' },
   INTERNAL: { status: 500, title: 'Internal Server Error' },
 } as const satisfies Record<string, ReasonSpec>;

@@ -13,7 +13,7 @@ import type { Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
 import { checkRequestId, denyAnswer, upstreamChanges, type UpstreamChanges } from './check-answer.js';
 import { logDecision, type DecisionLogLevel } from './decision-log.js';
-import { SERVER_OPTIONS } from './proxy.js';
+import { MAX_HEADER_COUNT, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, but bound what we accept. */
 const CHECK_BODY_LIMIT = 1024 * 1024;
@@ -60,6 +60,9 @@ export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerO
     url: '/',
     handler: async (request, reply) => {
       const raw = request.raw as IncomingMessage & { originalUrl?: string };
+      if (tooManyHeaders(raw)) {
+        return reply.code(431).type(PROBLEM_CONTENT_TYPE).send(problemBody('HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, request.id));
+      }
       const headers = headerMap(Object.entries(raw.headersDistinct));
       const started = process.hrtime.bigint();
       const original = door.translate({ method: raw.method ?? 'GET', url: raw.originalUrl ?? raw.url ?? '/', headers });

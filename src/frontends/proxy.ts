@@ -36,6 +36,15 @@ export interface ProxyOptions {
  */
 export const HEADERS_TIMEOUT_MS = 10_000;
 export const SERVER_OPTIONS = { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000 };
+/**
+ * Node's parser keeps only the first headers (about a thousand fields) and silently drops the rest, so a
+ * header past them would be invisible to the decision. A request with this many fields is refused (431).
+ */
+export const MAX_HEADER_COUNT = 1000;
+
+export function tooManyHeaders(req: IncomingMessage): boolean {
+  return req.rawHeaders.length >= MAX_HEADER_COUNT * 2;
+}
 
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
@@ -122,6 +131,10 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
 
   app.addHook('onRequest', async (request, reply) => {
     const raw = request.raw;
+    if (tooManyHeaders(raw)) {
+      sendProblem(reply, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`);
+      return reply;
+    }
     // Spoofed identity headers are removed before anything else, on every route, WebSocket upgrades too.
     for (const name of Object.keys(raw.headers)) {
       if (engine.isClientIdentityHeader(name)) delete raw.headers[name];
