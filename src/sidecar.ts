@@ -21,8 +21,14 @@ import { createExtAuthzGrpcServer } from './frontends/ext-authz-grpc.js';
 import { createExtAuthzHttpServer } from './frontends/ext-authz-http.js';
 import { createForwardAuthServer } from './frontends/forward-auth.js';
 import { createProxyServer } from './frontends/proxy.js';
+import { createDecisionObserver } from './frontends/decision-log.js';
+import { createMetrics, type Metrics } from './admin/metrics.js';
+import { createReloadableAuthorizer, type ReloadableAuthorizer, type ReloadResult } from './authz/reloadable-authorizer.js';
+import { watchFiles } from './authz/file-watch.js';
 
 export interface EngineBuildOptions {
+  /** Where key fetches and cache use are counted. */
+  readonly metrics?: Metrics;
   /** The config file, for error messages. */
   readonly file?: string;
   readonly now?: () => Date;
@@ -98,8 +104,10 @@ function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): A
         ...(options.jwks ? { jwks: options.jwks } : {}),
         events: {
           keysFetched: (issuer, result, error) => {
+            options.metrics?.jwksFetches.inc({ issuer, result });
             if (result === 'error') log?.warn({ issuer, error: error?.message }, 'JWKS fetch failed; the last good keys keep serving');
           },
+          cache: (hit) => (hit ? options.metrics?.cacheHits : options.metrics?.cacheMisses)?.inc({ cache: 'jwt' }),
           discovered: (issuer, result, error) => {
             if (result === 'error') log?.warn({ issuer, error: error?.message }, 'OIDC discovery failed; retrying');
           },
@@ -119,6 +127,7 @@ function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): A
           introspected: (issuer, result, error) => {
             if (result === 'error') log?.warn({ issuer, error: error?.message }, 'token introspection failed');
           },
+          cache: (hit) => (hit ? options.metrics?.cacheHits : options.metrics?.cacheMisses)?.inc({ cache: 'introspection' }),
         },
       }),
     );
@@ -159,19 +168,35 @@ export function engineFromParts(
     authorizer: parts.authorizer,
     identityHeaders: createIdentityHeaders(config.headers),
     forwardToken: config.headers.forwardToken,
+    mode: config.authz.mode,
   });
 }
 
+/** A built engine with what operations need to reach inside it. */
+export interface BuiltEngine {
+  readonly engine: DecisionEngine;
+  readonly authorizer: ReloadableAuthorizer;
+}
+
 /** Builds the engine; a file that cannot be loaded becomes a ConfigError naming its key. */
-export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<DecisionEngine> {
+export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<BuiltEngine> {
   const issues: ConfigIssue[] = [];
   const setup = await readAuthnSetup(config, issues);
-  const authorizer = await buildAuthorizer(config, issues);
-  if (issues.length > 0 || authorizer === undefined) throw new ConfigError(options.file ?? '<config>', issues);
-  for (const f of authorizer.findings) {
-    options.logger?.warn({ line: f.line, code: f.code }, `policy ${config.authz.policy}: ${f.message}`);
-  }
-  return engineFromParts(config, { authorizer, authenticators: createAuthenticators(setup, options) });
+  const initial = await buildAuthorizer(config, issues);
+  if (issues.length > 0 || initial === undefined) throw new ConfigError(options.file ?? '<config>', issues);
+  const logFindings = (a: CasbinAuthorizer): void => {
+    for (const f of a.findings) options.logger?.warn({ line: f.line, code: f.code }, `policy ${config.authz.policy}: ${f.message}`);
+  };
+  logFindings(initial);
+  const authorizer = createReloadableAuthorizer(initial, async () => {
+    const reloadIssues: ConfigIssue[] = [];
+    const next = await buildAuthorizer(config, reloadIssues);
+    if (next === undefined) throw new Error(reloadIssues.map((i) => `${i.path}: ${i.message}`).join('; '));
+    logFindings(next);
+    return next;
+  });
+  const engine = engineFromParts(config, { authorizer, authenticators: createAuthenticators(setup, options) });
+  return { engine, authorizer };
 }
 
 export function createLogger(config: Config): FastifyBaseLogger {
@@ -193,6 +218,13 @@ export interface RunningSidecar {
   readonly adminAddress: string;
   /** Addresses of the ext_authz and forward-auth doors that are configured. */
   readonly extAuthz: { readonly http?: string; readonly grpc?: string; readonly forwardAuth?: string };
+  readonly metrics: Metrics;
+  /** Reloads model and policy (SIGHUP, file changes); the last good ones keep serving on failure. */
+  reload(): Promise<ReloadResult>;
+  /**
+   * Graceful stop: readiness turns 503 at once, listeners stop accepting, in-flight requests finish for up
+   * to `shutdown.drainSeconds`, then remaining connections are closed.
+   */
   close(): Promise<void>;
 }
 
@@ -217,35 +249,61 @@ export async function startSidecar(
   options: EngineBuildOptions & { logger?: FastifyBaseLogger } = {},
 ): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger(config);
-  const engine = await buildEngine(config, { ...options, logger });
-  const decisionLog = config.logging.decisions;
+  const metrics = createMetrics();
+  const { engine, authorizer } = await buildEngine(config, { ...options, logger, metrics });
+  metrics.setPolicy(authorizer.current().sha256);
+  const observe = createDecisionObserver({ level: config.logging.decisions, metrics });
+  let draining = false;
 
-  const closers: Array<() => Promise<void>> = [];
-  const closeAll = async (): Promise<void> => {
-    await Promise.all(closers.map((c) => c()));
+  async function reload(): Promise<ReloadResult> {
+    const result = await authorizer.reload();
+    metrics.policyReloads.inc({ result: result.ok ? 'success' : 'failure' });
+    if (result.ok) {
+      metrics.setPolicy(result.sha256);
+      if (result.changed) logger.info({ sha256: result.sha256 }, 'policy reloaded');
+    } else {
+      logger.error({ error: result.error.message }, 'policy reload failed; the last good policy keeps serving');
+    }
+    return result;
+  }
+
+  // Listeners stop in reverse order of start; the admin listener last, so /readyz answers 503 while draining.
+  const stoppers: Array<() => Promise<void>> = [];
+  const servers: FastifyInstance[] = [];
+  let stopWatching = (): void => undefined;
+  const stopAll = async (): Promise<void> => {
+    stopWatching();
+    await Promise.all(stoppers.map((c) => c()));
     engine.close();
   };
   try {
-    const admin = createAdminServer({ readiness: () => engine.readiness(), logger });
+    const admin = createAdminServer({
+      readiness: () => {
+        const r = engine.readiness();
+        return draining ? { ready: false, missing: ['shutting down', ...r.missing] } : r;
+      },
+      policySha256: () => authorizer.current().sha256,
+      metrics,
+      logger,
+    });
     const adminAddress = await listen(admin, config.admin.listen);
-    closers.push(() => admin.close());
 
     const extAuthz: { http?: string; grpc?: string; forwardAuth?: string } = {};
     const doors = config.extAuthz;
     if (doors.http !== undefined) {
-      const server = createExtAuthzHttpServer({ engine, logger, decisionLog, pathPrefix: doors.http.pathPrefix });
+      const server = createExtAuthzHttpServer({ engine, logger, observe, pathPrefix: doors.http.pathPrefix });
       extAuthz.http = await listen(server, doors.http.listen);
-      closers.push(() => server.close());
+      servers.push(server);
     }
     if (doors.forwardAuth !== undefined) {
-      const server = createForwardAuthServer({ engine, logger, decisionLog });
+      const server = createForwardAuthServer({ engine, logger, observe });
       extAuthz.forwardAuth = await listen(server, doors.forwardAuth.listen);
-      closers.push(() => server.close());
+      servers.push(server);
     }
     if (doors.grpc !== undefined) {
-      const server = createExtAuthzGrpcServer({ engine, logger, decisionLog });
+      const server = createExtAuthzGrpcServer({ engine, logger, observe });
       extAuthz.grpc = await server.listen(doors.grpc.listen);
-      closers.push(() => server.close());
+      stoppers.push(() => server.close());
     }
 
     let proxyAddress: string | undefined;
@@ -258,15 +316,44 @@ export async function startSidecar(
         timeoutSeconds: config.upstream.timeoutSeconds,
         websockets: config.upstream.websockets,
         logger,
-        decisionLog,
+        observe,
+        metrics,
       });
       proxyAddress = await listen(proxy, config.listen);
-      closers.push(() => proxy.close());
+      servers.push(proxy);
+    }
+    stoppers.push(...servers.map((s) => () => s.close()));
+
+    if (config.authz.watch) {
+      stopWatching = watchFiles([config.authz.model, config.authz.policy], () => void reload());
     }
     logger.info({ proxy: proxyAddress, admin: adminAddress, ...extAuthz, upstream: config.upstream?.url }, 'authz-sidecar listening');
-    return { engine, proxyAddress, adminAddress, extAuthz, close: closeAll };
+
+    const drainMs = config.shutdown.drainSeconds * 1000;
+    return {
+      engine,
+      proxyAddress,
+      adminAddress,
+      extAuthz,
+      metrics,
+      reload,
+      async close(): Promise<void> {
+        draining = true;
+        // In-flight requests finish; past the drain time the remaining connections are cut.
+        const deadline = setTimeout(() => {
+          for (const s of servers) s.server.closeAllConnections();
+        }, drainMs);
+        deadline.unref();
+        try {
+          await stopAll();
+        } finally {
+          clearTimeout(deadline);
+          await admin.close();
+        }
+      },
+    };
   } catch (err) {
-    await closeAll();
+    await stopAll();
     throw err;
   }
 }

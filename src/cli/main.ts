@@ -45,7 +45,11 @@ async function serve(args: string[]): Promise<number> {
   if (file === undefined || file === '') throw new UsageError('serve needs --config FILE (or AUTHZ_SIDECAR_CONFIG)');
   const config = await loadConfig(file);
   const running: RunningSidecar = await startSidecar(config, { file });
+  // SIGHUP reloads model and policy; a broken one is logged and counted, the last good one keeps serving.
+  const onHangup = (): void => void running.reload();
+  process.on('SIGHUP', onHangup);
   await closeOnSignal(() => running.close());
+  process.off('SIGHUP', onHangup);
   return 0;
 }
 

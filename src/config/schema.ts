@@ -156,7 +156,10 @@ export const configSchema = z.strictObject({
     model: z.string().min(1),
     policy: z.string().min(1),
     request: z.array(requestField).min(1).default(['subject', 'path', 'method']),
+    mode: z.enum(['enforce', 'dryRun']).default('enforce'),
+    watch: z.boolean().default(true),
   }),
+  shutdown: z.strictObject({ drainSeconds: z.number().min(0).max(600).default(20) }).prefault({}),
   headers: z
     .strictObject({
       prefix: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]*$/, 'must be the start of an HTTP header name').default('x-auth-').transform((s) => s.toLowerCase()),

@@ -25,6 +25,11 @@ export interface DecisionEngineOptions {
   readonly forwardToken: boolean;
   /** The realm of RFC 6750 challenges. Default "authz-sidecar". */
   readonly realm?: string;
+  /**
+   * `dryRun`: requests the policy denies are let through (and marked, logged, counted as denials);
+   * authentication failures, bad requests and outages are still enforced. Default `enforce`.
+   */
+  readonly mode?: 'enforce' | 'dryRun';
 }
 
 export interface Readiness {
@@ -159,7 +164,10 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       // A matcher that throws on this input is doubt about the policy: deny.
       return deny('POLICY_ERROR', 'the policy could not be evaluated for this request', requestId, request, identity);
     }
-    if (!allowed) {
+    let dryRunDenied: ReasonCode | undefined;
+    if (!allowed && options.mode === 'dryRun') {
+      dryRunDenied = identity.anonymous ? 'CREDENTIALS_MISSING' : 'POLICY_DENIED';
+    } else if (!allowed) {
       return identity.anonymous
         ? deny('CREDENTIALS_MISSING', 'this resource requires authentication', requestId, request, identity, policy, policyRequest)
         : deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy, policyRequest);
@@ -181,6 +189,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       responseHeaders: {},
       upstreamHeaders,
       upstreamQuery: options.forwardToken ? request.query : credentials.scrubQuery(request.query),
+      dryRunDenied,
       requestId,
     };
   }

@@ -27,6 +27,8 @@ export interface Decision {
   readonly upstreamHeaders: Readonly<Record<string, string>>;
   /** The query to forward on allow: as received, less token parameters unless forwardToken. */
   readonly upstreamQuery: string | undefined;
+  /** In dry-run mode: the policy denied this request (this reason), but it is let through. */
+  readonly dryRunDenied?: ReasonCode | undefined;
   readonly requestId: string;
 }
 

@@ -19,7 +19,7 @@ import type { DecisionEngine } from '../core/decide.js';
 import type { Decision } from '../core/decision.js';
 import { problemBody } from '../core/errors.js';
 import { checkRequestId, denyAnswer, upstreamChanges } from './check-answer.js';
-import { logDecision, type DecisionLogLevel } from './decision-log.js';
+import type { DecisionObserver } from './decision-log.js';
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
 /** How often Health/Watch streams look for a change of readiness. */
@@ -60,7 +60,7 @@ interface CheckResponse {
 export interface ExtAuthzGrpcOptions {
   readonly engine: DecisionEngine;
   readonly logger: FastifyBaseLogger;
-  readonly decisionLog: DecisionLogLevel;
+  readonly observe: DecisionObserver;
 }
 
 export interface GrpcServer {
@@ -142,7 +142,7 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
       peer: request.attributes?.source?.principal ?? '',
       requestId: checkRequestId(headers, http.id),
     });
-    logDecision(logger, options.decisionLog, decision, started);
+    options.observe(decision, started, logger);
     return render(decision, engine, headers);
   }
 

@@ -12,7 +12,7 @@ import type { DecisionEngine } from '../core/decide.js';
 import type { Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
 import { checkRequestId, denyAnswer, upstreamChanges, type UpstreamChanges } from './check-answer.js';
-import { logDecision, type DecisionLogLevel } from './decision-log.js';
+import type { DecisionObserver } from './decision-log.js';
 import { MAX_HEADER_COUNT, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, but bound what we accept. */
@@ -29,7 +29,7 @@ export interface CheckDoor {
 export interface HttpCheckServerOptions {
   readonly engine: DecisionEngine;
   readonly logger: FastifyBaseLogger;
-  readonly decisionLog: DecisionLogLevel;
+  readonly observe: DecisionObserver;
 }
 
 export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerOptions): FastifyInstance {
@@ -70,7 +70,7 @@ export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerO
         return reply.code(400).type(PROBLEM_CONTENT_TYPE).send(problemBody('BAD_REQUEST', original.error, request.id));
       }
       const decision: Decision = await engine.decide({ ...original, frontDoor: door.frontDoor, headers, requestId: request.id });
-      logDecision(request.log, options.decisionLog, decision, started);
+      options.observe(decision, started, request.log);
       if (decision.outcome === 'allow') {
         return reply.code(200).headers(door.allowHeaders(upstreamChanges(engine, headers, decision))).send();
       }

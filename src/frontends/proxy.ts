@@ -19,7 +19,8 @@ import { decisionProblem, type Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody, REASONS, type ReasonCode } from '../core/errors.js';
 import type { UpstreamAddress } from '../config/address.js';
 import { requestIdOrNew } from './check-answer.js';
-import { logDecision, type DecisionLogLevel } from './decision-log.js';
+import type { DecisionObserver } from './decision-log.js';
+import type { Metrics } from '../admin/metrics.js';
 
 export interface ProxyOptions {
   readonly engine: DecisionEngine;
@@ -27,7 +28,9 @@ export interface ProxyOptions {
   readonly timeoutSeconds: number;
   readonly websockets: boolean;
   readonly logger: FastifyBaseLogger;
-  readonly decisionLog: DecisionLogLevel;
+  readonly observe: DecisionObserver;
+  /** Where upstream latency is observed. */
+  readonly metrics?: Metrics | undefined;
 }
 
 /**
@@ -104,6 +107,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
   const { engine, upstream } = options;
   const canonical = new WeakMap<IncomingMessage, CanonicalTarget>();
   const allowed = new WeakMap<object, Decision>();
+  const forwardedAt = new WeakMap<object, bigint>();
 
   const app = Fastify({
     loggerInstance: options.logger,
@@ -150,12 +154,13 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
       peer: '',
       requestId: request.id,
     });
-    logDecision(request.log, options.decisionLog, decision, started);
+    options.observe(decision, started, request.log);
     if (decision.outcome !== 'allow') {
       sendDecision(reply, decision);
       return reply;
     }
     allowed.set(request, decision);
+    forwardedAt.set(request, process.hrtime.bigint());
     return undefined;
   });
 
@@ -220,6 +225,14 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     },
     replyOptions: {
       rewriteHeaders: (headers) => withoutHopByHop(headers),
+      onResponse(request, reply, res) {
+        const started = forwardedAt.get(request);
+        if (started !== undefined && options.metrics !== undefined) {
+          const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+          options.metrics.upstreamDuration.observe({ status_class: `${Math.floor(reply.statusCode / 100)}xx` }, seconds);
+        }
+        void reply.send(res.stream);
+      },
       rewriteRequestHeaders: (request, headers) => upstreamHeaders(request, headers),
       // A sidecar never retries on its own: the request may not be idempotent.
       retryDelay: () => null,
