@@ -339,7 +339,11 @@ export async function startSidecar(
       reload,
       async close(): Promise<void> {
         draining = true;
-        // In-flight requests finish; past the drain time the remaining connections are cut.
+        // In-flight requests finish; keep-alive connections are closed as soon as they fall idle (a client
+        // holding one open must not stretch the drain); past the drain time the rest are cut.
+        const idle = setInterval(() => {
+          for (const s of [...servers, admin]) s.server.closeIdleConnections();
+        }, 100);
         const deadline = setTimeout(() => {
           for (const s of servers) s.server.closeAllConnections();
         }, drainMs);
@@ -349,6 +353,7 @@ export async function startSidecar(
         } finally {
           clearTimeout(deadline);
           await admin.close();
+          clearInterval(idle);
         }
       },
     };

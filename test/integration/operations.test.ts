@@ -1,0 +1,251 @@
+/**
+ * Operations on the real process (bin/authz-sidecar.js serve): kubelet-style `..data` swaps of the policy,
+ * a broken policy keeping the last good one, SIGHUP, dry-run, metrics, decision logs, and a SIGTERM drain
+ * with slow requests in flight.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { EXAMPLE_MODEL } from '../support/sidecar.js';
+import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
+
+const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
+const ISSUER = 'https://idp.ops.test';
+const POLICY_V1 = 'p, role:reader, /orders/:id, GET\n';
+const POLICY_V2 = 'p, role:reader, /orders/:id, GET\np, role:reader, /reports/:id, GET\n';
+
+let dir: string;
+let upstream: RecordingUpstream;
+let privateKey: CryptoKey;
+let jwksFile: string;
+
+interface Sidecar {
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly url: string;
+  readonly admin: string;
+  logs(): string;
+  stop(): Promise<number | null>;
+}
+
+async function token(roles: string[] = ['reader']): Promise<string> {
+  return new SignJWT({ roles }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(ISSUER).setAudience('api').setSubject('alice').setIssuedAt().setExpirationTime('5m').sign(privateKey);
+}
+
+async function start(name: string, policyFile: string, extra: Record<string, unknown> = {}): Promise<Sidecar> {
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const configFile = join(dir, `${name}.yaml`);
+  await writeFile(
+    configFile,
+    stringify({
+      listen: `127.0.0.1:${port}`,
+      admin: { listen: `127.0.0.1:${adminPort}` },
+      upstream: { url: upstream.url, timeoutSeconds: 10 },
+      authn: { jwt: [{ issuer: ISSUER, audiences: ['api'], jwksFile, algorithms: ['ES256'] }] },
+      authz: { model: EXAMPLE_MODEL, policy: policyFile },
+      logging: { level: 'info', decisions: 'all' },
+      ...extra,
+    }),
+  );
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', configFile]);
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const admin = `http://127.0.0.1:${adminPort}`;
+  const deadline = Date.now() + 15_000;
+  while (!(await fetch(`${admin}/readyz`).then((r) => r.status === 200, () => false))) {
+    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`not ready:\n${out}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    admin,
+    logs: () => out,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => child.once('exit', r));
+      }
+      return child.exitCode;
+    },
+  };
+}
+
+/** Parses the Prometheus text format into {name{labels}: value}. */
+async function scrape(admin: string): Promise<Map<string, number>> {
+  const text = await (await fetch(`${admin}/metrics`)).text();
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    if (m?.[1] !== undefined && m[2] !== undefined) out.set(m[1], Number(m[2]));
+  }
+  return out;
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 8_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A ConfigMap-style mount: data in a timestamped folder, `..data` pointing at it, the file via `..data`. */
+async function kubeletMount(name: string, policy: string): Promise<{ file: string; swap: (next: string) => Promise<void> }> {
+  const mount = join(dir, name);
+  await mkdir(mount);
+  let generation = 0;
+  const write = async (text: string): Promise<string> => {
+    const folder = `..2026_11_25_${generation++}`;
+    await mkdir(join(mount, folder));
+    await writeFile(join(mount, folder, 'policy.csv'), text);
+    return folder;
+  };
+  await symlink(await write(policy), join(mount, '..data'));
+  await symlink('..data/policy.csv', join(mount, 'policy.csv'));
+  return {
+    file: join(mount, 'policy.csv'),
+    // The kubelet's atomic update: a new folder, a new symlink beside the old, renamed over it.
+    swap: async (next) => {
+      const folder = await write(next);
+      await symlink(folder, join(mount, '..data_tmp'));
+      await rename(join(mount, '..data_tmp'), join(mount, '..data'));
+    },
+  };
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'authz-ops-'));
+  const keys = await generateKeyPair('ES256');
+  privateKey = keys.privateKey;
+  jwksFile = join(dir, 'jwks.json');
+  await writeFile(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(keys.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
+  upstream = await startRecordingUpstream();
+});
+
+afterAll(async () => {
+  await upstream?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('policy reload', () => {
+  it('a kubelet ..data swap takes effect within seconds; a broken policy keeps the old one serving and is counted', async () => {
+    const mount = await kubeletMount('configmap', POLICY_V1);
+    const sidecar = await start('watch', mount.file);
+    try {
+      const auth = { authorization: `Bearer ${await token()}` };
+      expect((await fetch(`${sidecar.url}/reports/1`, { headers: auth })).status).toBe(403);
+      const sha1 = ((await (await fetch(`${sidecar.admin}/readyz`)).json()) as { policySha256: string }).policySha256;
+
+      await mount.swap(POLICY_V2);
+      await until('the new policy serves', async () => (await fetch(`${sidecar.url}/reports/1`, { headers: auth })).status === 200);
+      const sha2 = ((await (await fetch(`${sidecar.admin}/readyz`)).json()) as { policySha256: string }).policySha256;
+      expect(sha2).not.toBe(sha1);
+      let metrics = await scrape(sidecar.admin);
+      expect(metrics.get(`authz_sidecar_policy_info{sha256="${sha2}"}`)).toBe(1);
+      expect(metrics.get(`authz_sidecar_policy_info{sha256="${sha1}"}`)).toBeUndefined();
+      expect(metrics.get('authz_sidecar_policy_reloads_total{result="success"}')).toBeGreaterThanOrEqual(1);
+
+      await mount.swap('p, role:reader, /orders/:id\n'); // wrong arity: refused
+      await until('the failure is counted', async () => ((await scrape(sidecar.admin)).get('authz_sidecar_policy_reloads_total{result="failure"}') ?? 0) >= 1);
+      expect((await fetch(`${sidecar.url}/reports/1`, { headers: auth })).status).toBe(200);
+      metrics = await scrape(sidecar.admin);
+      expect(metrics.get(`authz_sidecar_policy_info{sha256="${sha2}"}`)).toBe(1);
+      expect(sidecar.logs()).toMatch(/policy reload failed; the last good policy keeps serving/);
+      expect(sidecar.logs()).toMatch(/policy\.csv:1: \\"p\\" rules have 3 fields in the model, this one has 2/);
+    } finally {
+      expect(await sidecar.stop()).toBe(0);
+    }
+  });
+
+  it('SIGHUP reloads (with watching off)', async () => {
+    const policy = join(dir, 'hup.csv');
+    await writeFile(policy, POLICY_V1);
+    const sidecar = await start('hup', policy, { authz: { model: EXAMPLE_MODEL, policy, watch: false } });
+    try {
+      const auth = { authorization: `Bearer ${await token()}` };
+      expect((await fetch(`${sidecar.url}/reports/2`, { headers: auth })).status).toBe(403);
+      await writeFile(policy, POLICY_V2);
+      await new Promise((r) => setTimeout(r, 500));
+      expect((await fetch(`${sidecar.url}/reports/2`, { headers: auth })).status).toBe(403); // not watching
+      sidecar.child.kill('SIGHUP');
+      await until('SIGHUP reload', async () => (await fetch(`${sidecar.url}/reports/2`, { headers: auth })).status === 200);
+    } finally {
+      expect(await sidecar.stop()).toBe(0);
+    }
+  });
+});
+
+describe('dry-run, metrics and decision logs', () => {
+  it('forwards a denied request in dry-run, counts and logs it; authentication failures stay enforced', async () => {
+    const policy = join(dir, 'dry.csv');
+    await writeFile(policy, POLICY_V1);
+    const sidecar = await start('dry', policy, { authz: { model: EXAMPLE_MODEL, policy, mode: 'dryRun' } });
+    try {
+      const t = await token();
+      const before = upstream.requests.length;
+      const denied = await fetch(`${sidecar.url}/reports/3`, { headers: { authorization: `Bearer ${t}` } });
+      expect(denied.status).toBe(200);
+      expect(upstream.requests.length).toBe(before + 1);
+      expect(upstream.requests.at(-1)?.headers['x-auth-subject']).toBe('alice');
+      expect((await fetch(`${sidecar.url}/reports/3`, { headers: { authorization: 'Bearer not.a.jwt' } })).status).toBe(401);
+      expect((await fetch(`${sidecar.url}/orders/3`, { headers: { authorization: `Bearer ${t}` } })).status).toBe(200);
+
+      const metrics = await scrape(sidecar.admin);
+      expect(metrics.get('authz_sidecar_requests_total{frontend="proxy",decision="deny",dry_run="true"}')).toBe(1);
+      expect(metrics.get('authz_sidecar_requests_total{frontend="proxy",decision="allow",dry_run="false"}')).toBe(1);
+      expect(metrics.get('authz_sidecar_requests_total{frontend="proxy",decision="unauthenticated",dry_run="false"}')).toBe(1);
+      expect(metrics.get('authz_sidecar_decision_duration_seconds_count{frontend="proxy"}')).toBe(3);
+      expect(metrics.get('authz_sidecar_decision_duration_seconds_bucket{le="0.00005",frontend="proxy"}')).toBeDefined();
+      expect(metrics.get('authz_sidecar_upstream_duration_seconds_count{status_class="2xx"}')).toBe(2);
+      expect(metrics.get('authz_sidecar_cache_misses_total{cache="jwt"}')).toBeGreaterThanOrEqual(1);
+      expect(metrics.get('authz_sidecar_cache_hits_total{cache="jwt"}')).toBeGreaterThanOrEqual(1);
+      expect(metrics.get('process_resident_memory_bytes')).toBeGreaterThan(0);
+
+      // Every log line is JSON; decision lines carry the fields, never the token.
+      const lines = sidecar.logs().split('\n').filter((l) => l.trim() !== '');
+      const parsed = lines.map((l) => JSON.parse(l) as { decision?: Record<string, unknown> });
+      const decisions = parsed.flatMap((p) => (p.decision === undefined ? [] : [p.decision]));
+      expect(decisions).toHaveLength(3);
+      expect(decisions[0]).toMatchObject({ frontDoor: 'proxy', method: 'GET', path: '/reports/3', subject: 'alice', outcome: 'allow', dryRun: true, dryRunDenied: 'POLICY_DENIED' });
+      expect(typeof decisions[0]?.['latencyMs']).toBe('number');
+      expect(decisions[2]).toMatchObject({ outcome: 'allow', policy: 'role:reader, /orders/:id, GET' });
+      for (const l of lines) {
+        expect(l).not.toContain(t);
+        expect(l).not.toContain(t.split('.')[2]);
+      }
+    } finally {
+      expect(await sidecar.stop()).toBe(0);
+    }
+  });
+});
+
+describe('shutdown', () => {
+  it('SIGTERM with slow requests in flight: all complete, readiness is 503 during the drain, exit 0', async () => {
+    const policy = join(dir, 'term.csv');
+    await writeFile(policy, 'p, anonymous, /slow/*, GET\n');
+    const sidecar = await start('term', policy, { shutdown: { drainSeconds: 10 } });
+    upstream.delayMs = 1_500;
+    try {
+      const inflight = [1, 2, 3].map((i) => fetch(`${sidecar.url}/slow/${i}`).then(async (r) => ({ status: r.status, body: await r.text() })));
+      await until('requests reach the upstream', async () => upstream.requests.filter((r) => r.url.startsWith('/slow/')).length === 3);
+      sidecar.child.kill('SIGTERM');
+      const termAt = Date.now();
+      await until('readiness turns 503', async () => (await fetch(`${sidecar.admin}/readyz`).then((r) => r.status, () => 0)) === 503, 2_000);
+      const results = await Promise.all(inflight);
+      expect(results.map((r) => r.status)).toEqual([200, 200, 200]);
+      const code = await new Promise<number | null>((r) => (sidecar.child.exitCode !== null ? r(sidecar.child.exitCode) : sidecar.child.once('exit', (c) => r(c))));
+      expect(code).toBe(0);
+      // The drain ended when the requests did, not at drainSeconds.
+      expect(Date.now() - termAt).toBeLessThan(8_000);
+    } finally {
+      upstream.delayMs = 0;
+      await sidecar.stop();
+    }
+  });
+});
