@@ -40,6 +40,9 @@ export interface CasbinAuthorizer extends Authorizer {
   readonly findings: readonly Finding[];
 }
 
+/** The name our anchored regexMatch is registered under (Casbin will not replace its built-in). */
+const ANCHORED_REGEX_MATCH = 'authzSidecarAnchoredRegexMatch';
+
 /**
  * Casbin's regexMatch, anchored, with the policy's patterns compiled at load (the lint already refused
  * the ones that do not compile or can backtrack). A pattern that is not in the policy (a matcher passing
@@ -195,10 +198,13 @@ export async function createCasbinAuthorizer(options: CasbinAuthorizerOptions): 
         { configKey: 'authz.request' },
       );
     }
-    enforcer = await newEnforcer(model);
     // Casbin's regexMatch is unanchored: "/admin" would match "/x/admin/y". Ours matches the whole value.
-    await enforcer.addFunction('regexMatch', anchoredRegexMatch(regexPatterns(model, rules)));
-    if (model.model.get('g')?.get('g') !== undefined) enforcer.setRoleManager(roleManager);
+    // Casbin keeps its built-in when a function of the same name is added, so the matcher is rewritten to
+    // call ours under a name of its own.
+    const serving = newModelFromString(modelText.replace(/\bregexMatch\s*\(/g, `${ANCHORED_REGEX_MATCH}(`));
+    enforcer = await newEnforcer(serving);
+    await enforcer.addFunction(ANCHORED_REGEX_MATCH, anchoredRegexMatch(regexPatterns(model, rules)));
+    if (serving.model.get('g')?.get('g') !== undefined) enforcer.setRoleManager(roleManager);
     // Policy lines are loaded through our own reader so that a read error is ours to report, not a crash.
     enforcer.setAdapter(new StringAdapter(policyText));
     await enforcer.loadPolicy();

@@ -61,7 +61,8 @@ function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[],
   }
   if (Array.isArray(value)) return value.map((v, i) => substitute(v, env, [...path, i], issues));
   if (typeof value === 'object' && value !== null) {
-    const out: Record<string, unknown> = {};
+    // Null prototype: a "__proto__" key stays a key (and is refused as unknown), never a prototype.
+    const out = Object.create(null) as Record<string, unknown>;
     for (const [k, v] of Object.entries(value)) out[k] = substitute(v, env, [...path, k], issues);
     return out;
   }

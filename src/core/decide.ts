@@ -121,6 +121,8 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
 
   async function decide(wire: WireRequest): Promise<Decision> {
     const { requestId } = wire;
+    // RFC 9112 §3.2: a request with more than one Host header is invalid (which host was authorized?).
+    if ((wire.headers['host']?.length ?? 0) > 1) return deny('BAD_REQUEST', 'the request has more than one Host header', requestId, undefined);
     let request: AccessRequest;
     try {
       // Doors that only answer a check cannot make the application see the canonical path: they refuse

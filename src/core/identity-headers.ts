@@ -88,8 +88,16 @@ export function createIdentityHeaders(options: IdentityHeaderOptions): IdentityH
   );
   const claimHeaders = Object.entries(options.claims).map(([header, path]) => [header.toLowerCase(), path] as const);
 
+  // Both spellings: a proxy that forwards `X_Auth_Roles` as is (Envoy does by default) must remove it too.
   const names = Object.freeze(
-    [...new Set([options.subject, options.issuer, options.roles, options.scopes, ...Object.keys(options.claims), ...OVERRIDE_HEADERS].map((n) => n.toLowerCase()))],
+    [
+      ...new Set(
+        [options.subject, options.issuer, options.roles, options.scopes, ...Object.keys(options.claims), ...OVERRIDE_HEADERS].flatMap((n) => [
+          n.toLowerCase(),
+          n.toLowerCase().replaceAll('-', '_'),
+        ]),
+      ),
+    ],
   );
 
   return {

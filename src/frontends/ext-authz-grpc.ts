@@ -125,8 +125,8 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
   async function check(request: CheckRequest): Promise<CheckResponse> {
     const started = process.hrtime.bigint();
     const http = request.attributes?.request?.http;
-    if (http === undefined || typeof http.path !== 'string' || http.path === '') {
-      const body = JSON.stringify(problemBody('BAD_REQUEST', 'the check request has no HTTP request attributes'));
+    if (http === undefined || typeof http.path !== 'string' || http.path === '' || typeof http.method !== 'string' || http.method === '') {
+      const body = JSON.stringify(problemBody('BAD_REQUEST', 'the check request has no HTTP method and path'));
       return {
         status: { code: 3, message: 'BAD_REQUEST' },
         denied_response: { status: { code: 400 }, headers: [overwrite('content-type', 'application/problem+json')], body },
@@ -135,7 +135,7 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
     const headers = headersOf(http);
     const decision = await engine.decide({
       frontDoor: 'extAuthzGrpc',
-      method: http.method ?? 'GET',
+      method: http.method,
       target: http.path,
       host: http.host ?? headers[':authority']?.[0] ?? '',
       headers,

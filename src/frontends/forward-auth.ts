@@ -44,6 +44,10 @@ export function createForwardAuthServer(options: HttpCheckServerOptions): Fastif
     {
       frontDoor: 'forwardAuth',
       translate({ headers }) {
+        // The answer cannot tell the proxy to remove headers: a client's identity or override header would
+        // reach the app unless the proxy overwrites it. Refuse such requests rather than hope it does.
+        const spoofed = Object.keys(headers).find((name) => options.engine.isClientIdentityHeader(name));
+        if (spoofed !== undefined) return { error: `the request carries ${spoofed}, a header only the sidecar may set` };
         const o = original(headers);
         if ('error' in o) return o;
         return { method: o.method, target: o.target, host: o.host ?? '', peer: '' };

@@ -13,7 +13,7 @@ import type { Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
 import { checkRequestId, denyAnswer, upstreamChanges, type UpstreamChanges } from './check-answer.js';
 import type { DecisionObserver } from './decision-log.js';
-import { MAX_HEADER_COUNT, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
+import { MAX_HEADER_COUNT, refuseConnect, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, but bound what we accept. */
 const CHECK_BODY_LIMIT = 1024 * 1024;
@@ -43,6 +43,7 @@ export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerO
     rewriteUrl: () => '/',
     genReqId: (req: IncomingMessage) => checkRequestId(headerMap(Object.entries(req.headersDistinct))),
   });
+  app.server.on('connect', refuseConnect);
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, _body, done) => done(null, undefined));
 

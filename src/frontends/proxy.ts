@@ -9,6 +9,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { connect as netConnect } from 'node:net';
+import type { Duplex } from 'node:stream';
 import httpProxy from '@fastify/http-proxy';
 import type { ClientOptions } from 'ws';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -53,6 +54,7 @@ export function tooManyHeaders(req: IncomingMessage): boolean {
 export const UPSTREAM_CONNECTIONS = 128;
 /** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never relayed by a proxy. */
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
+const REQUEST_HOP_BY_HOP = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'expect'];
 /** Hop-by-hop and handshake headers that the WebSocket client sets itself (RFC 9110 §7.6.1, RFC 6455 §4.1). */
 const WS_OWN_HEADERS = new Set([
   'host', 'connection', 'upgrade', 'content-length', 'transfer-encoding', 'keep-alive', 'proxy-connection', 'te', 'trailer',
@@ -93,6 +95,12 @@ export function requestIdOf(req: IncomingMessage): string {
   return requestIdOrNew(typeof given === 'string' ? given : undefined);
 }
 
+/** CONNECT asks for a tunnel, which a sidecar never opens: 400 (the canonical rules refuse authority-form). */
+export function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
+  const body = JSON.stringify(problemBody('PATH_TARGET_FORM', 'CONNECT is not accepted'));
+  socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
+
 /** Removes hop-by-hop headers from an upstream response, including those its Connection header names. */
 function withoutHopByHop<T extends Record<string, unknown>>(headers: T): T {
   const connection = headers['connection'];
@@ -123,6 +131,9 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
       return target.query === undefined ? target.path : `${target.path}?${target.query}`;
     },
   });
+
+  // Node hands CONNECT to a 'connect' listener and closes the socket without an answer when there is none.
+  app.server.on('connect', refuseConnect);
 
   app.setErrorHandler((error: { statusCode?: number; code?: string }, request, reply) => {
     const status = error.statusCode ?? 500;
@@ -169,7 +180,10 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     request: { readonly id: string; readonly headers: Readonly<Record<string, string | string[] | undefined>> },
     headers: Record<string, string | string[] | undefined>,
   ): Record<string, string | string[] | undefined> {
-    // Client identity headers were already removed from the raw request in onRequest.
+    // Client identity headers were already removed from the raw request in onRequest. Hop-by-hop headers
+    // (RFC 9110 §7.6.1) and Expect describe the client's connection, not the request: the upstream hop has
+    // its own (undici refuses to send Expect and Keep-Alive at all).
+    for (const name of REQUEST_HOP_BY_HOP) delete headers[name];
     const decision = allowed.get(request);
     engine.scrubHeadersForUpstream(headers);
     if (decision !== undefined) Object.assign(headers, decision.upstreamHeaders);

@@ -107,9 +107,7 @@ describe('Check', () => {
     expect(headerOf(res.ok_response?.headers, 'x-auth-roles')?.header.value).toBe('reader');
     expect(headerOf(res.ok_response?.headers, 'x-auth-issuer')?.header.value).toBe(idp.issuer);
     // Every header the sidecar owns and does not set goes (seen in the check or not), and spoofed ones seen.
-    expect(res.ok_response?.headers_to_remove.sort()).toEqual(
-      ['authorization', 'x-auth-scopes', 'x-auth-tenant', 'x-http-method', 'x-http-method-override', 'x-method-override', 'x-original-url', 'x-rewrite-url'],
-    );
+    expect(res.ok_response?.headers_to_remove.sort()).toEqual(['authorization', 'x-auth-scopes', 'x-auth-tenant', 'x-http-method', 'x-http-method-override', 'x-method-override', 'x-original-url', 'x-rewrite-url', 'x_auth_issuer', 'x_auth_roles', 'x_auth_scopes', 'x_auth_subject', 'x_http_method', 'x_http_method_override', 'x_method_override', 'x_original_url', 'x_rewrite_url']);
     // Never remove a header the sidecar sets: Envoy applies removals after additions.
     expect(res.ok_response?.headers_to_remove).not.toContain('x-auth-subject');
   });

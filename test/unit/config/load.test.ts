@@ -144,6 +144,11 @@ describe('loadConfig', () => {
     expect(config.extAuthz).toEqual({ grpc: { listen: '127.0.0.1:9292' } });
   });
 
+  it('refuses a "__proto__" key as unknown instead of letting it set defaults (prototype pollution)', async () => {
+    const issues = await issuesOf(`${BASE}\nheaders:\n  __proto__:\n    forwardToken: true\n`);
+    expect(issues).toEqual(['headers.__proto__: unknown key']);
+  });
+
   it('lists every problem at once', async () => {
     const issues = await issuesOf(`${BASE.replace('[orders-api]', '[]')}\nbogus: 1\nlogging:\n  level: loud\n`);
     expect(issues).toHaveLength(3);
