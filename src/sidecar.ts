@@ -8,7 +8,15 @@ import { pino } from 'pino';
 import { createCredentialExtractor } from './authn/credentials.js';
 import { createIdentityMapper } from './authn/identity-mapping.js';
 import { createIntrospectionAuthenticator, type IntrospectionEndpointOptions } from './authn/introspection.js';
-import { checkJwks, createJwtAuthenticator, MIN_SECRET_BYTES, type JwtAuthenticatorOptions, type JwtIssuerOptions, type KeyConfig } from './authn/jwt.js';
+import {
+  checkJwks,
+  createJwtAuthenticator,
+  MIN_SECRET_BYTES,
+  type JwtAuthenticator,
+  type JwtAuthenticatorOptions,
+  type JwtIssuerOptions,
+  type KeyConfig,
+} from './authn/jwt.js';
 import { createCasbinAuthorizer, PolicyLoadError, type CasbinAuthorizer, type RequestField } from './authz/casbin-authorizer.js';
 import { createAdminServer } from './admin/admin-server.js';
 import { formatListenAddress, parseListenAddress, parseUpstreamUrl } from './config/address.js';
@@ -93,27 +101,27 @@ export async function readAuthnSetup(config: Config, issues: ConfigIssue[]): Pro
 }
 
 /** Starts the authenticators (remote keys and discovery begin loading now). */
-function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): Authenticator[] {
+function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): { authenticators: Authenticator[]; jwt: JwtAuthenticator | undefined } {
   const log = options.logger;
   const now = options.now;
   const authenticators: Authenticator[] = [];
+  let jwt: JwtAuthenticator | undefined;
   if (setup.issuers.length > 0) {
-    authenticators.push(
-      createJwtAuthenticator(setup.issuers, {
-        ...(now ? { now } : {}),
-        ...(options.jwks ? { jwks: options.jwks } : {}),
-        events: {
-          keysFetched: (issuer, result, error) => {
-            options.metrics?.jwksFetches.inc({ issuer, result });
-            if (result === 'error') log?.warn({ issuer, error: error?.message }, 'JWKS fetch failed; the last good keys keep serving');
-          },
-          cache: (hit) => (hit ? options.metrics?.cacheHits : options.metrics?.cacheMisses)?.inc({ cache: 'jwt' }),
-          discovered: (issuer, result, error) => {
-            if (result === 'error') log?.warn({ issuer, error: error?.message }, 'OIDC discovery failed; retrying');
-          },
+    jwt = createJwtAuthenticator(setup.issuers, {
+      ...(now ? { now } : {}),
+      ...(options.jwks ? { jwks: options.jwks } : {}),
+      events: {
+        keysFetched: (issuer, result, error) => {
+          options.metrics?.jwksFetches.inc({ issuer, result });
+          if (result === 'error') log?.warn({ issuer, error: error?.message }, 'JWKS fetch failed; the last good keys keep serving');
         },
-      }),
-    );
+        cache: (hit) => (hit ? options.metrics?.cacheHits : options.metrics?.cacheMisses)?.inc({ cache: 'jwt' }),
+        discovered: (issuer, result, error) => {
+          if (result === 'error') log?.warn({ issuer, error: error?.message }, 'OIDC discovery failed; retrying');
+        },
+      },
+    });
+    authenticators.push(jwt);
   }
   if (setup.endpoints.length > 0) {
     authenticators.push(
@@ -132,7 +140,7 @@ function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): A
       }),
     );
   }
-  return authenticators;
+  return { authenticators, jwt };
 }
 
 /** The Casbin authorizer of a config; a load failure becomes an issue naming its key. */
@@ -176,6 +184,8 @@ export function engineFromParts(
 export interface BuiltEngine {
   readonly engine: DecisionEngine;
   readonly authorizer: ReloadableAuthorizer;
+  /** Reads the JWKS and secret files again and swaps the keys; throws (keeping the old keys) on a bad file. */
+  readonly reloadKeyFiles: () => Promise<void>;
 }
 
 /** Builds the engine; a file that cannot be loaded becomes a ConfigError naming its key. */
@@ -195,8 +205,15 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
     logFindings(next);
     return next;
   });
-  const engine = engineFromParts(config, { authorizer, authenticators: createAuthenticators(setup, options) });
-  return { engine, authorizer };
+  const { authenticators, jwt } = createAuthenticators(setup, options);
+  const engine = engineFromParts(config, { authorizer, authenticators });
+  async function reloadKeyFiles(): Promise<void> {
+    const keyIssues: ConfigIssue[] = [];
+    const next = await readAuthnSetup(config, keyIssues);
+    if (keyIssues.length > 0) throw new Error(keyIssues.map((i) => `${i.path}: ${i.message}`).join('; '));
+    jwt?.replaceLocalKeys(new Map(next.issuers.map((i) => [i.issuer, i.keys])));
+  }
+  return { engine, authorizer, reloadKeyFiles };
 }
 
 export function createLogger(config: Config): FastifyBaseLogger {
@@ -250,12 +267,19 @@ export async function startSidecar(
 ): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger(config);
   const metrics = createMetrics();
-  const { engine, authorizer } = await buildEngine(config, { ...options, logger, metrics });
+  const { engine, authorizer, reloadKeyFiles } = await buildEngine(config, { ...options, logger, metrics });
   metrics.setPolicy(authorizer.current().sha256);
   const observe = createDecisionObserver({ level: config.logging.decisions, metrics });
   let draining = false;
 
   async function reload(): Promise<ReloadResult> {
+    // Key files first: a bad JWKS or secret file keeps the old keys and counts as a failed reload.
+    try {
+      await reloadKeyFiles();
+    } catch (err) {
+      metrics.policyReloads.inc({ result: 'failure' });
+      logger.error({ error: (err as Error).message }, 'key file reload failed; the last good keys keep serving');
+    }
     const result = await authorizer.reload();
     metrics.policyReloads.inc({ result: result.ok ? 'success' : 'failure' });
     if (result.ok) {
@@ -325,7 +349,8 @@ export async function startSidecar(
     stoppers.push(...servers.map((s) => () => s.close()));
 
     if (config.authz.watch) {
-      stopWatching = watchFiles([config.authz.model, config.authz.policy], () => void reload());
+      const keyFiles = config.authn.jwt.flatMap((i) => [i.jwksFile, i.secretFile]).filter((f): f is string => f !== undefined);
+      stopWatching = watchFiles([config.authz.model, config.authz.policy, ...keyFiles], () => void reload());
     }
     logger.info({ proxy: proxyAddress, admin: adminAddress, ...extAuthz, upstream: config.upstream?.url }, 'authz-sidecar listening');
 

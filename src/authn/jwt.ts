@@ -72,7 +72,8 @@ interface IssuerState {
   readonly algorithms: string[];
   readonly clockSkewSeconds: number;
   readonly maxTokenAgeSeconds: number;
-  readonly key: JWTVerifyGetKey | Uint8Array;
+  /** Replaced when a mounted JWKS or secret file changes (see replaceLocalKeys). */
+  key: JWTVerifyGetKey | Uint8Array;
   readonly remote: KeySource | undefined;
 }
 
@@ -149,7 +150,15 @@ export function sha256(text: string): string {
   return createHash('sha256').update(text).digest('base64url');
 }
 
-export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], options: JwtAuthenticatorOptions = {}): Authenticator {
+export interface JwtAuthenticator extends Authenticator {
+  /**
+   * Swaps the keys of issuers configured with a JWKS file or a secret (a mounted Secret was updated).
+   * Tokens verified with the old keys are forgotten: a key rotated out stops working at once.
+   */
+  replaceLocalKeys(keys: ReadonlyMap<string, KeyConfig>): void;
+}
+
+export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], options: JwtAuthenticatorOptions = {}): JwtAuthenticator {
   const now = options.now ?? (() => new Date());
   const nowMs = (): number => now().getTime();
   const events = options.events ?? {};
@@ -239,6 +248,15 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
 
   return {
     authenticate,
+    replaceLocalKeys(keys: ReadonlyMap<string, KeyConfig>): void {
+      for (const [issuer, config] of keys) {
+        const state = byIssuer.get(issuer);
+        if (state === undefined || state.remote !== undefined) continue;
+        if ('secret' in config) state.key = config.secret;
+        else if ('jwks' in config) state.key = createLocalJWKSet(config.jwks);
+      }
+      cache.clear();
+    },
     missing(): readonly string[] {
       const out: string[] = [];
       for (const state of byIssuer.values()) {

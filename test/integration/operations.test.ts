@@ -181,6 +181,46 @@ describe('policy reload', () => {
   });
 });
 
+describe('key file reload', () => {
+  it('a rotated JWKS file is picked up within seconds; a broken one keeps the old keys and is counted', async () => {
+    const keyDir = join(dir, 'keys');
+    await mkdir(keyDir);
+    const file = join(keyDir, 'jwks.json');
+    const jwks = async (publicKey: CryptoKey, kid: string): Promise<string> =>
+      JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' }] });
+    const replace = async (text: string): Promise<void> => {
+      await writeFile(`${file}.tmp`, text);
+      await rename(`${file}.tmp`, file);
+    };
+    const old = await generateKeyPair('ES256');
+    const next = await generateKeyPair('ES256');
+    await replace(await jwks(old.publicKey, 'old'));
+    const policy = join(dir, 'keys.csv');
+    await writeFile(policy, POLICY_V1);
+    const sign = (key: CryptoKey, kid: string): Promise<string> =>
+      new SignJWT({ roles: ['reader'] }).setProtectedHeader({ alg: 'ES256', kid }).setIssuer(ISSUER).setAudience('api').setSubject('alice').setIssuedAt().setExpirationTime('5m').sign(key);
+    const sidecar = await start('keys', policy, { authn: { jwt: [{ issuer: ISSUER, audiences: ['api'], jwksFile: file, algorithms: ['ES256'] }] } });
+    try {
+      const withOld = { authorization: `Bearer ${await sign(old.privateKey, 'old')}` };
+      const withNew = { authorization: `Bearer ${await sign(next.privateKey, 'new')}` };
+      expect((await fetch(`${sidecar.url}/orders/1`, { headers: withOld })).status).toBe(200);
+      expect((await fetch(`${sidecar.url}/orders/1`, { headers: withNew })).status).toBe(401);
+
+      await replace(await jwks(next.publicKey, 'new'));
+      await until('the new key verifies', async () => (await fetch(`${sidecar.url}/orders/1`, { headers: withNew })).status === 200);
+      // The old key is gone, cached verifications with it included.
+      expect((await fetch(`${sidecar.url}/orders/1`, { headers: withOld })).status).toBe(401);
+
+      await replace('{"keys": "broken"');
+      await until('the failure is counted', async () => ((await scrape(sidecar.admin)).get('authz_sidecar_policy_reloads_total{result="failure"}') ?? 0) >= 1);
+      expect((await fetch(`${sidecar.url}/orders/1`, { headers: withNew })).status).toBe(200);
+      expect(sidecar.logs()).toContain('key file reload failed; the last good keys keep serving');
+    } finally {
+      expect(await sidecar.stop()).toBe(0);
+    }
+  });
+});
+
 describe('dry-run, metrics and decision logs', () => {
   it('forwards a denied request in dry-run, counts and logs it; authentication failures stay enforced', async () => {
     const policy = join(dir, 'dry.csv');
