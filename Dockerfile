@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# authz-sidecar image: build with the full toolchain, ship only what `serve` needs.
+#   docker build -t authz-sidecar .
+#   docker run --rm -p 8080:8080 -p 8081:8081 -v "$PWD/policies:/etc/authz-sidecar:ro" authz-sidecar
+# Runs read-only friendly (nothing is written outside /tmp), as a numeric non-root user, with no secrets baked
+# in: config, model, policy, JWKS and client secrets are mounted at run time (see deploy/).
+
+# ---- build stage: full `npm ci` (TypeScript is a devDependency) and `npm run build` -------------------
+FROM node:20-alpine AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src/ src/
+RUN npm run build
+
+# ---- production dependencies only (no build scripts: nothing in the runtime needs them) ---------------
+FROM node:20-alpine AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+
+# ---- runtime stage -----------------------------------------------------------------------------------
+FROM node:20-alpine AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=deps /app/node_modules/ ./node_modules/
+COPY --from=build /src/dist/ ./dist/
+COPY package.json package-lock.json ./
+COPY bin/ ./bin/
+COPY proto/ ./proto/
+COPY policies/ ./policies/
+# Files stay root-owned and read-only for the process; numeric ids so Kubernetes can verify runAsNonRoot.
+USER 65532:65532
+# 8080 proxy, 8081 admin (/healthz, /readyz, /metrics), 9191 HTTP ext_authz, 9292 gRPC ext_authz,
+# 9193 forward-auth. Which ones listen depends on the config.
+EXPOSE 8080 8081 9191 9292 9193
+ENTRYPOINT ["node", "/app/bin/authz-sidecar.js"]
+CMD ["serve", "--config", "/etc/authz-sidecar/authz-sidecar.yaml"]
