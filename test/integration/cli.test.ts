@@ -10,26 +10,14 @@ import { join, resolve } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { runCli, runCommand, type Run } from '../support/cli.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
 import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 
 const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolvePromise) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
-  });
+  return runCli(args, env);
 }
 
 /** Starts a long-running command and resolves once stdout contains `marker`. */
@@ -202,14 +190,7 @@ describe('demo (what npm start runs)', () => {
       for (const [, command = '', expected = ''] of commands) {
         // Run the printed command as printed, with -s -o /dev/null -w to read the status.
         const script = `${exports.join('\n')}\n${command.replace(/^curl -i/, "curl -s -o /dev/null -w '%{http_code}'")}`;
-        const r = await new Promise<Run>((res) => {
-          const sh = spawn('bash', ['-c', script]);
-          let stdout = '';
-          let stderr = '';
-          sh.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-          sh.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-          sh.on('close', (code) => res({ code, stdout, stderr }));
-        });
+        const r = await runCommand('bash', ['-c', script]);
         expect({ command, status: r.stdout }).toEqual({ command, status: expected });
         statuses.add(expected);
       }

@@ -2,35 +2,21 @@
  * The offline policy commands as a user runs them: the built CLI in a child process (bin/authz-sidecar.js,
  * built by npm test's pretest). This also runs the example policy's own test cases in policies/tests/.
  */
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { runCli, type Run } from '../support/cli.js';
 import { RBAC_MODEL } from '../support/models.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const BIN = join(ROOT, 'bin/authz-sidecar.js');
 const EXAMPLE_CONFIG = join(ROOT, 'policies/authz-sidecar.yaml');
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 function cli(...args: string[]): Promise<Run> {
-  return new Promise((done) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
+  return runCli(args);
 }
 
 let dir: string;
