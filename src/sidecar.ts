@@ -295,6 +295,7 @@ export async function startSidecar(
   const stoppers: Array<() => Promise<void>> = [];
   const servers: FastifyInstance[] = [];
   let stopWatching = (): void => undefined;
+  let startedAdmin: FastifyInstance | undefined;
   const stopAll = async (): Promise<void> => {
     stopWatching();
     await Promise.all(stoppers.map((c) => c()));
@@ -310,6 +311,7 @@ export async function startSidecar(
       metrics,
       logger,
     });
+    startedAdmin = admin;
     const adminAddress = await listen(admin, config.admin.listen);
 
     const extAuthz: { http?: string; grpc?: string; forwardAuth?: string } = {};
@@ -383,7 +385,9 @@ export async function startSidecar(
       },
     };
   } catch (err) {
+    // A listener that failed to start (a port in use) must not leave the others holding the process open.
     await stopAll();
+    await startedAdmin?.close();
     throw err;
   }
 }

@@ -97,6 +97,24 @@ describe('bad usage and bad config exit 2', () => {
     expect(r.stderr).toContain('authz.request:');
   });
 
+  it('exits 1 with a message (and does not hang) when a port is already in use', async () => {
+    const { createServer } = await import('node:net');
+    const blocker = createServer();
+    await new Promise<void>((done) => blocker.listen(0, '127.0.0.1', done));
+    const port = (blocker.address() as { port: number }).port;
+    const file = join(dir, 'busy.yaml');
+    await writeFile(file, stringify({ listen: `127.0.0.1:${port}`, admin: { listen: `127.0.0.1:${await freePort()}` }, upstream: { url: 'http://127.0.0.1:3000' }, authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY }, logging: { level: 'silent' } }));
+    try {
+      const started = Date.now();
+      const r = await run(['serve', '--config', file]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('EADDRINUSE');
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      blocker.close();
+    }
+  });
+
   it('prints help with exit 0', async () => {
     const r = await run(['--help']);
     expect(r.code).toBe(0);
