@@ -144,7 +144,7 @@ function createAuthenticators(setup: AuthnSetup, options: EngineBuildOptions): {
 }
 
 /** The Casbin authorizer of a config; a load failure becomes an issue naming its key. */
-export async function buildAuthorizer(config: Config, issues: ConfigIssue[]): Promise<CasbinAuthorizer | undefined> {
+export async function buildAuthorizer(config: Config, issues: ConfigIssue[], metrics?: Metrics): Promise<CasbinAuthorizer | undefined> {
   try {
     return await createCasbinAuthorizer({
       modelPath: config.authz.model,
@@ -152,6 +152,7 @@ export async function buildAuthorizer(config: Config, issues: ConfigIssue[]): Pr
       request: config.authz.request as RequestField[],
       subjectPrefix: config.identity.subjectPrefix,
       rolePrefix: config.identity.rolePrefix,
+      onDecisionCache: metrics === undefined ? undefined : (hit) => (hit ? metrics.cacheHits : metrics.cacheMisses).inc({ cache: 'decision' }),
     });
   } catch (err) {
     if (!(err instanceof PolicyLoadError)) throw err;
@@ -192,7 +193,7 @@ export interface BuiltEngine {
 export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<BuiltEngine> {
   const issues: ConfigIssue[] = [];
   const setup = await readAuthnSetup(config, issues);
-  const initial = await buildAuthorizer(config, issues);
+  const initial = await buildAuthorizer(config, issues, options.metrics);
   if (issues.length > 0 || initial === undefined) throw new ConfigError(options.file ?? '<config>', issues);
   const logFindings = (a: CasbinAuthorizer): void => {
     for (const f of a.findings) options.logger?.warn({ line: f.line, code: f.code }, `policy ${config.authz.policy}: ${f.message}`);
@@ -200,7 +201,7 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
   logFindings(initial);
   const authorizer = createReloadableAuthorizer(initial, async () => {
     const reloadIssues: ConfigIssue[] = [];
-    const next = await buildAuthorizer(config, reloadIssues);
+    const next = await buildAuthorizer(config, reloadIssues, options.metrics);
     if (next === undefined) throw new Error(reloadIssues.map((i) => `${i.path}: ${i.message}`).join('; '));
     logFindings(next);
     return next;

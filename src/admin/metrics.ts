@@ -47,8 +47,8 @@ export function createMetrics(): Metrics {
       registers: [registry],
     }),
     jwksFetches: new Counter({ name: 'authz_sidecar_jwks_fetches_total', help: 'JWKS fetches by issuer and result', labelNames: ['issuer', 'result'], registers: [registry] }),
-    cacheHits: new Counter({ name: 'authz_sidecar_cache_hits_total', help: 'Token cache hits (jwt | introspection)', labelNames: ['cache'], registers: [registry] }),
-    cacheMisses: new Counter({ name: 'authz_sidecar_cache_misses_total', help: 'Token cache misses (jwt | introspection)', labelNames: ['cache'], registers: [registry] }),
+    cacheHits: new Counter({ name: 'authz_sidecar_cache_hits_total', help: 'Cache hits (jwt | introspection | decision)', labelNames: ['cache'], registers: [registry] }),
+    cacheMisses: new Counter({ name: 'authz_sidecar_cache_misses_total', help: 'Cache misses (jwt | introspection | decision)', labelNames: ['cache'], registers: [registry] }),
     policyReloads: new Counter({ name: 'authz_sidecar_policy_reloads_total', help: 'Policy and key file reloads by result (success | failure)', labelNames: ['result'], registers: [registry] }),
     setPolicy(sha256: string): void {
       policyInfo.reset();
