@@ -31,6 +31,17 @@ export default tseslint.config(
     rules: { 'no-console': 'off' },
   },
   {
+    // The benchmark: plain Node scripts run directly (npm run bench).
+    files: ['bench/**/*.mjs'],
+    languageOptions: {
+      globals: {
+        process: 'readonly', console: 'readonly', Buffer: 'readonly', fetch: 'readonly', AbortSignal: 'readonly',
+        setTimeout: 'readonly', clearTimeout: 'readonly', performance: 'readonly', URL: 'readonly',
+      },
+    },
+    rules: { 'no-console': 'off' },
+  },
+  {
     files: ['test/**/*.ts', 'src/cli/**/*.ts', 'src/demo/**/*.ts'],
     rules: { 'no-console': 'off' },
   },

@@ -9,7 +9,7 @@
  * Verified tokens are cached (bounded LRU keyed by issuer and the token's SHA-256), never past their `exp`;
  * the policy is still evaluated on every request.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { copyClaims, type Claims } from '../core/identity.js';
@@ -77,8 +77,11 @@ interface IssuerState {
   readonly remote: KeySource | undefined;
 }
 
+const NOT_MINE: AuthnResult = Object.freeze({ kind: 'notMine' });
+
 interface CachedToken {
-  readonly claims: Claims;
+  /** The authenticated result, shared by every request with this token (frozen). */
+  readonly result: AuthnResult;
   /** Epoch ms after which the entry is not used: the token's exp, iat + maxTokenAge, or the cache period. */
   readonly validUntilMs: number;
 }
@@ -147,7 +150,7 @@ function classify(err: unknown): { reason: ReasonCode; detail: string } {
 }
 
 export function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('base64url');
+  return hash('sha256', text, 'base64url');
 }
 
 export interface JwtAuthenticator extends Authenticator {
@@ -208,24 +211,26 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
   }
 
   async function authenticate(token: string): Promise<AuthnResult> {
-    if (!JWS_COMPACT.test(token)) return { kind: 'notMine' };
+    const currentDate = now();
+    const currentMs = currentDate.getTime();
+    // The cache is looked up first: a token seen before is not decoded again. The key is the SHA-256 of
+    // the whole token, so a hit is the very token that was verified (its issuer included).
+    const cacheKey = sha256(token);
+    const cached = cache.get(cacheKey);
+    if (cached !== undefined && cached.validUntilMs > currentMs) {
+      events.cache?.(true);
+      return cached.result;
+    }
+
+    if (!JWS_COMPACT.test(token)) return NOT_MINE;
     let iss: unknown;
     try {
       iss = decodeJwt(token).iss;
     } catch {
-      return { kind: 'notMine' };
+      return NOT_MINE;
     }
     const state = typeof iss === 'string' ? byIssuer.get(iss) : undefined;
-    if (state === undefined) return { kind: 'notMine' };
-
-    const currentDate = now();
-    const currentMs = currentDate.getTime();
-    const cacheKey = `${state.issuer}\0${sha256(token)}`;
-    const cached = cache.get(cacheKey);
-    if (cached !== undefined && cached.validUntilMs > currentMs) {
-      events.cache?.(true);
-      return { kind: 'authenticated', issuer: state.issuer, claims: cached.claims };
-    }
+    if (state === undefined) return NOT_MINE;
     events.cache?.(false);
 
     try {
@@ -234,13 +239,13 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       if (payload.iat !== undefined && payload.iat > currentMs / 1000 + state.clockSkewSeconds) {
         return { kind: 'failed', reason: 'TOKEN_CLAIMS', detail: 'the token is issued in the future (iat)' };
       }
-      const claims = copyClaims(payload);
+      const result: AuthnResult = Object.freeze({ kind: 'authenticated' as const, issuer: state.issuer, claims: copyClaims(payload) });
       const expMs = (payload.exp ?? 0) * 1000;
       const ageLimitMs = state.maxTokenAgeSeconds > 0 && payload.iat !== undefined ? (payload.iat + state.maxTokenAgeSeconds) * 1000 : Infinity;
       const validUntilMs = Math.min(expMs, ageLimitMs, currentMs + cacheMs);
       const ttl = validUntilMs - currentMs;
-      if (ttl > 0) cache.set(cacheKey, { claims, validUntilMs }, { ttl });
-      return { kind: 'authenticated', issuer: state.issuer, claims };
+      if (ttl > 0) cache.set(cacheKey, { result, validUntilMs }, { ttl });
+      return result;
     } catch (err) {
       return { kind: 'failed', ...classify(err) };
     }

@@ -107,14 +107,22 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     return out;
   }
 
-  async function authenticate(token: string): Promise<
-    { ok: true; identity: Identity } | { ok: false; reason: ReasonCode; detail: string }
-  > {
+  type Mapped = { ok: true; identity: Identity } | { ok: false; reason: ReasonCode; detail: string };
+  // Authenticators hand out the same claims object for every request with a cached token: the identity
+  // mapped from it (and its headers) is remembered with it, and goes when the token leaves the cache.
+  const mapped = new WeakMap<object, { readonly issuer: string; readonly result: Mapped }>();
+  const rendered = new WeakMap<Identity, Record<string, string> | undefined>();
+
+  async function authenticate(token: string): Promise<Mapped> {
     for (const authenticator of authenticators) {
       const result = await authenticator.authenticate(token);
       if (result.kind === 'notMine') continue;
       if (result.kind === 'failed') return { ok: false, reason: result.reason, detail: result.detail };
-      return identityMapper.fromClaims(result.claims, result.issuer);
+      const known = mapped.get(result.claims);
+      if (known !== undefined && known.issuer === result.issuer) return known.result;
+      const fresh = identityMapper.fromClaims(result.claims, result.issuer);
+      mapped.set(result.claims, { issuer: result.issuer, result: fresh });
+      return fresh;
     }
     return { ok: false, reason: 'TOKEN_ISSUER', detail: 'the token is not a JWT of a trusted issuer' };
   }
@@ -175,7 +183,12 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
         : deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy, policyRequest);
     }
 
-    const upstreamHeaders = identityHeaders.render(identity);
+    let upstreamHeaders = rendered.get(identity);
+    if (upstreamHeaders === undefined && !rendered.has(identity)) {
+      upstreamHeaders = identityHeaders.render(identity);
+      if (upstreamHeaders !== undefined) Object.freeze(upstreamHeaders);
+      rendered.set(identity, upstreamHeaders);
+    }
     if (upstreamHeaders === undefined) {
       return deny('IDENTITY_UNRENDERABLE', 'the identity cannot be rendered as headers', requestId, request, identity);
     }

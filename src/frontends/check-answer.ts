@@ -47,11 +47,13 @@ export function upstreamChanges(engine: DecisionEngine, headers: HeaderMap, deci
   for (const name of Object.keys(headers)) {
     if (engine.isClientIdentityHeader(name) && !(name in set)) remove.add(name);
   }
-  // Let the engine scrub a copy of the headers, then express the difference as set/remove.
+  // Let the engine scrub a copy of the headers it may change (token headers, cookies), then express the
+  // difference as set/remove.
   const scrubbed: ForwardedHeaders = {};
-  for (const [name, values] of Object.entries(headers)) scrubbed[name] = name === 'cookie' ? values.join('; ') : [...values];
+  const scrubbable = [...engine.tokenHeaders, 'cookie'].filter((name) => headers[name] !== undefined);
+  for (const name of scrubbable) scrubbed[name] = name === 'cookie' ? headers[name]!.join('; ') : [...headers[name]!];
   engine.scrubHeadersForUpstream(scrubbed);
-  for (const name of Object.keys(headers)) {
+  for (const name of scrubbable) {
     const after = scrubbed[name];
     if (after === undefined) remove.add(name);
     else if (name === 'cookie' && after !== headers['cookie']?.join('; ') && typeof after === 'string') set['cookie'] = after;

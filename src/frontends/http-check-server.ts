@@ -11,7 +11,7 @@ import { headerMap, type HeaderMap, type WireRequest } from '../core/access-requ
 import type { DecisionEngine } from '../core/decide.js';
 import type { Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
-import { checkRequestId, denyAnswer, upstreamChanges, type UpstreamChanges } from './check-answer.js';
+import { denyAnswer, requestIdOrNew, upstreamChanges, type UpstreamChanges } from './check-answer.js';
 import type { DecisionObserver } from './decision-log.js';
 import { MAX_HEADER_COUNT, refuseConnect, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
 
@@ -41,7 +41,7 @@ export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerO
     http: SERVER_OPTIONS,
     // Every check request is handled by the one route; the original target is read from req.originalUrl.
     rewriteUrl: () => '/',
-    genReqId: (req: IncomingMessage) => checkRequestId(headerMap(Object.entries(req.headersDistinct))),
+    genReqId: (req: IncomingMessage) => requestIdOrNew(req.headersDistinct['x-request-id']?.[0]),
   });
   app.server.on('connect', refuseConnect);
   app.removeAllContentTypeParsers();
