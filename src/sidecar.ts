@@ -25,7 +25,6 @@ import type { Config } from './config/schema.js';
 import { createDecisionEngine, type DecisionEngine } from './core/decide.js';
 import type { Authenticator, Authorizer, CredentialExtractor } from './core/stages.js';
 import { createIdentityHeaders } from './core/identity-headers.js';
-import { createExtAuthzGrpcServer } from './frontends/ext-authz-grpc.js';
 import { createExtAuthzHttpServer } from './frontends/ext-authz-http.js';
 import { createForwardAuthServer } from './frontends/forward-auth.js';
 import { createProxyServer } from './frontends/proxy.js';
@@ -328,6 +327,8 @@ export async function startSidecar(
       servers.push(server);
     }
     if (doors.grpc !== undefined) {
+      // gRPC and its proto loader cost about 20 MiB of memory: loaded only by sidecars that answer gRPC.
+      const { createExtAuthzGrpcServer } = await import('./frontends/ext-authz-grpc.js');
       const server = createExtAuthzGrpcServer({ engine, logger, observe });
       extAuthz.grpc = await server.listen(doors.grpc.listen);
       stoppers.push(() => server.close());

@@ -22,6 +22,7 @@ import type { UpstreamAddress } from '../config/address.js';
 import { requestIdOrNew } from './check-answer.js';
 import type { DecisionObserver } from './decision-log.js';
 import type { Metrics } from '../admin/metrics.js';
+import { createForwarder } from './forward.js';
 
 export interface ProxyOptions {
   readonly engine: DecisionEngine;
@@ -52,8 +53,6 @@ export function tooManyHeaders(req: IncomingMessage): boolean {
 
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
-/** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never relayed by a proxy. */
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
 const REQUEST_HOP_BY_HOP = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'expect'];
 /** Hop-by-hop and handshake headers that the WebSocket client sets itself (RFC 9110 §7.6.1, RFC 6455 §4.1). */
 const WS_OWN_HEADERS = new Set([
@@ -99,16 +98,6 @@ export function requestIdOf(req: IncomingMessage): string {
 export function refuseConnect(_req: IncomingMessage, socket: Duplex): void {
   const body = JSON.stringify(problemBody('PATH_TARGET_FORM', 'CONNECT is not accepted'));
   socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-}
-
-/** Removes hop-by-hop headers from an upstream response, including those its Connection header names. */
-function withoutHopByHop<T extends Record<string, unknown>>(headers: T): T {
-  const connection = headers['connection'];
-  if (typeof connection === 'string') {
-    for (const name of connection.split(',')) delete headers[name.trim().toLowerCase()];
-  }
-  for (const name of HOP_BY_HOP) delete headers[name];
-  return headers;
 }
 
 export async function createProxyServer(options: ProxyOptions): Promise<FastifyInstance> {
@@ -196,6 +185,8 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
 
   const base = upstream.kind === 'unix' ? `unix+http://${encodeURIComponent(upstream.path)}/` : upstream.origin;
   const timeoutMs = Math.round(options.timeoutSeconds * 1000);
+  const forwarder = createForwarder({ upstream, timeoutMs, connections: UPSTREAM_CONNECTIONS });
+  app.addHook('onClose', async () => forwarder.close());
 
   const wsClientOptions = {
     headers: {},
@@ -224,41 +215,38 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     disableRequestLogging: true,
     httpMethods: app.supportedMethods.filter((m) => m !== 'CONNECT'),
     ...(options.websockets ? websocketOptions : { websocket: false as const }),
-    undici: {
-      connections: UPSTREAM_CONNECTIONS,
-      pipelining: 1,
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
-    },
-    // Forward the canonical path with the query exactly as received (no re-serialization).
-    handler(request, reply, dest, replyOptions) {
-      return reply.from(dest, {
-        ...replyOptions,
-        queryString: () => allowed.get(request)?.upstreamQuery ?? '',
+    // HTTP is forwarded by our own undici pool (forward.ts); @fastify/http-proxy keeps routing and WebSockets.
+    handler(request, reply) {
+      const raw = request.raw;
+      const url = raw.url ?? '/';
+      const query = allowed.get(request)?.upstreamQuery;
+      // The canonical path (rewriteUrl), with the query exactly as received minus token parameters.
+      const path = `${url.split('?', 1)[0] ?? '/'}${query === undefined || query === '' ? '' : `?${query}`}`;
+      const headers: Record<string, string | string[] | undefined> = {};
+      const connection = raw.headers.connection;
+      const named = new Set((connection ?? '').split(',').map((n) => n.trim().toLowerCase()));
+      for (const name of Object.keys(raw.headers)) {
+        if (name !== 'connection' && !named.has(name)) headers[name] = raw.headers[name];
+      }
+      reply.hijack();
+      forwarder.forward({ method: raw.method ?? 'GET', path, headers: upstreamHeaders(request, headers), raw }, reply.raw, {
+        onResponse(status) {
+          const started = forwardedAt.get(request);
+          if (started !== undefined && options.metrics !== undefined) {
+            const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+            options.metrics.upstreamDuration.observe({ status_class: `${Math.floor(status / 100)}xx` }, seconds);
+          }
+        },
+        onFailure(kind, error) {
+          request.log.warn({ requestId: request.id, upstreamError: error.message }, 'upstream request failed');
+          const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
+          const body = JSON.stringify(problemBody(code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', request.id));
+          if (!reply.raw.writableEnded) {
+            reply.raw.writeHead(REASONS[code].status, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) });
+            reply.raw.end(body);
+          }
+        },
       });
-    },
-    replyOptions: {
-      rewriteHeaders: (headers) => withoutHopByHop(headers),
-      onResponse(request, reply, res) {
-        const started = forwardedAt.get(request);
-        if (started !== undefined && options.metrics !== undefined) {
-          const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-          options.metrics.upstreamDuration.observe({ status_class: `${Math.floor(reply.statusCode / 100)}xx` }, seconds);
-        }
-        void reply.send(res.stream);
-      },
-      rewriteRequestHeaders: (request, headers) => upstreamHeaders(request, headers),
-      // A sidecar never retries on its own: the request may not be idempotent.
-      retryDelay: () => null,
-      onError(reply, { error }) {
-        const timedOut = (error as { statusCode?: number }).statusCode === 504;
-        reply.request.log.warn({ requestId: reply.request.id, upstreamError: (error).message }, 'upstream request failed');
-        return sendProblem(
-          reply,
-          timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE',
-          timedOut ? 'the application did not answer in time' : 'the application is not reachable',
-        );
-      },
     },
   });
   return app;

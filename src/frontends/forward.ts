@@ -1,0 +1,135 @@
+/**
+ * The proxy door's HTTP forwarding: one undici Pool of keep-alive connections to the application, with the
+ * response written straight to the client's socket as it arrives. @fastify/reply-from does the same job
+ * through two stream layers (a Readable for the upstream body, then fastify's send of that stream); on one
+ * core that plumbing cost more than the whole authorization decision. Backpressure is kept (the upstream
+ * read pauses while the client's socket is full), a client that goes away aborts the upstream request, and
+ * nothing is retried (a request may not be idempotent). WebSocket upgrades stay with @fastify/http-proxy.
+ */
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { Pool, type Dispatcher } from 'undici';
+import type { UpstreamAddress } from '../config/address.js';
+
+/** Response headers that describe one connection (RFC 9110 §7.6.1); the client connection has its own. */
+const RESPONSE_HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
+
+export type ForwardFailure = 'timeout' | 'unavailable';
+
+export interface ForwardRequest {
+  readonly method: string;
+  /** Path and query, as sent to the application. */
+  readonly path: string;
+  readonly headers: Record<string, string | string[] | undefined>;
+  /** The client's request, read as the body when the request has one. */
+  readonly raw: IncomingMessage;
+}
+
+export interface ForwardCallbacks {
+  /** The application answered with headers (for the upstream latency metric). */
+  onResponse?(status: number): void;
+  /** Nothing was sent to the client yet: answer the failure (502/504). */
+  onFailure(kind: ForwardFailure, error: Error): void;
+}
+
+export interface Forwarder {
+  forward(request: ForwardRequest, res: ServerResponse, callbacks: ForwardCallbacks): void;
+  close(): Promise<void>;
+}
+
+export interface ForwarderOptions {
+  readonly upstream: UpstreamAddress;
+  readonly timeoutMs: number;
+  readonly connections: number;
+}
+
+function hasBody(raw: IncomingMessage): boolean {
+  const length = raw.headers['content-length'];
+  return raw.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+function isTimeout(error: Error & { code?: string }): boolean {
+  return error.code === 'UND_ERR_HEADERS_TIMEOUT' || error.code === 'UND_ERR_BODY_TIMEOUT' || error.code === 'UND_ERR_CONNECT_TIMEOUT';
+}
+
+/** Response headers as the client gets them: hop-by-hop ones and those the Connection header names removed. */
+export function clientResponseHeaders(headers: Record<string, string | string[] | undefined>): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  const connection = headers['connection'];
+  const named = new Set<string>();
+  for (const line of typeof connection === 'string' ? [connection] : (connection ?? [])) {
+    for (const name of line.split(',')) named.add(name.trim().toLowerCase());
+  }
+  for (const name of Object.keys(headers)) {
+    if (RESPONSE_HOP_BY_HOP.includes(name) || named.has(name)) continue;
+    out[name] = headers[name];
+  }
+  return out;
+}
+
+export function createForwarder(options: ForwarderOptions): Forwarder {
+  const { upstream } = options;
+  const pool =
+    upstream.kind === 'unix'
+      ? new Pool('http://localhost', { socketPath: upstream.path, connections: options.connections, pipelining: 1, headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs })
+      : new Pool(upstream.origin, { connections: options.connections, pipelining: 1, headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs });
+  const host = upstream.kind === 'unix' ? 'localhost' : new URL(upstream.origin).host;
+
+  return {
+    forward(request, res, callbacks) {
+      const headers = request.headers;
+      headers['host'] = host;
+      // undici frames the body itself; a client's framing header is not the upstream connection's.
+      delete headers['transfer-encoding'];
+      const withBody = hasBody(request.raw);
+      if (!withBody) delete headers['content-length'];
+
+      let controller: Dispatcher.DispatchController | undefined;
+      let done = false;
+      res.once('close', () => {
+        // The client went away before the answer was complete: stop the upstream request too.
+        if (!done) controller?.abort(new Error('the client closed the connection'));
+      });
+
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart(c) {
+          controller = c;
+        },
+        onResponseStart(c, statusCode, responseHeaders) {
+          callbacks.onResponse?.(statusCode);
+          res.writeHead(statusCode, clientResponseHeaders(responseHeaders));
+          controller = c;
+        },
+        onResponseData(c, chunk) {
+          if (!res.write(chunk)) {
+            c.pause();
+            res.once('drain', () => c.resume());
+          }
+        },
+        onResponseEnd() {
+          done = true;
+          res.end();
+        },
+        onResponseError(_c, error) {
+          done = true;
+          if (!res.headersSent) {
+            callbacks.onFailure(isTimeout(error) ? 'timeout' : 'unavailable', error);
+          } else {
+            // Headers are out: the only honest signal left is a broken response.
+            res.destroy(error);
+          }
+        },
+      };
+      pool.dispatch(
+        {
+          origin: upstream.kind === 'unix' ? 'http://localhost' : upstream.origin,
+          method: request.method,
+          path: request.path,
+          headers: headers as Record<string, string | string[]>,
+          body: withBody ? request.raw : null,
+        },
+        handler,
+      );
+    },
+    close: () => pool.close(),
+  };
+}
