@@ -10,8 +10,9 @@
  *   roles) or `r.x == p.y`;
  * - a prefix key: `keyMatch*(r.x, p.y)` (the request value starts with the pattern's literal prefix, the
  *   characters before anything the matcher would treat as a wildcard or regex) or `r.x == p.y`.
- * Every other term is left to Casbin. A model whose matcher cannot be read that way (a top-level `||` or
- * `?:`, `eval()`, no reference to p, a `g` with domains) gets no index and plain Casbin runs.
+ * Every other term is left to Casbin (a `g` with domains is not read, but the model's other terms still
+ * narrow). A model whose matcher cannot be read that way (a top-level `||` or `?:`, `eval()`, no reference
+ * to p) gets no index and plain Casbin runs.
  */
 import type { Model } from 'casbin';
 
@@ -43,7 +44,13 @@ export function literalPrefix(pattern: string): string {
   // `|` anywhere splits the regex keyMatch2/3/4 build into alternatives: no prefix is implied at all.
   if (pattern.includes('|')) return '';
   for (let i = 0; i < pattern.length; i++) {
-    if (PATTERN_SPECIAL.has(pattern[i]!)) return pattern.slice(0, i);
+    const c = pattern[i]!;
+    if (!PATTERN_SPECIAL.has(c)) continue;
+    // keyMatch2/3/4 turn "/*" into "/.*" first: the slash stays required.
+    if (c === '*' && pattern[i - 1] === '/') return pattern.slice(0, i);
+    // Otherwise `*`, `?` and `{m,n}` are regex quantifiers: the character before them may be absent.
+    if (c === '*' || c === '?' || c === '{') return pattern.slice(0, Math.max(0, i - 1));
+    return pattern.slice(0, i);
   }
   return pattern;
 }

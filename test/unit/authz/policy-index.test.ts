@@ -24,12 +24,17 @@ describe('literalPrefix', () => {
     ['/orders/:id', '/orders/'],
     ['/orders/*', '/orders/'],
     ['/orders', '/orders'],
-    ['/a/{id}/b', '/a/'],
+    ['/a/{id}/b', '/a'], // keyMatch2 reads "/{0,1}" as a quantifier on the slash
     ['/a.b/c', '/a'],
     ['*', ''],
     ['/x|/y', ''],
     ['/files/(.*)', '/files/'],
     ['/v1+/', '/v1'],
+    // A quantifier makes the character before it optional: "/a*" matches "/".
+    ['/a*', '/'],
+    ['/ab?', '/a'],
+    ['/orders/a{0,1}', '/orders/'],
+    ['a*', ''],
   ])('%s starts with %j', (pattern, prefix) => {
     expect(literalPrefix(pattern)).toBe(prefix);
   });
