@@ -188,6 +188,9 @@ export interface BuiltEngine {
   readonly reloadKeyFiles: () => Promise<void>;
 }
 
+/** Policy lint findings logged one by one at load; the rest are counted in one line. */
+const MAX_LOGGED_FINDINGS = 20;
+
 /** Builds the engine; a file that cannot be loaded becomes a ConfigError naming its key. */
 export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<BuiltEngine> {
   const issues: ConfigIssue[] = [];
@@ -195,7 +198,10 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
   const initial = await buildAuthorizer(config, issues, options.metrics);
   if (issues.length > 0 || initial === undefined) throw new ConfigError(options.file ?? '<config>', issues);
   const logFindings = (a: CasbinAuthorizer): void => {
-    for (const f of a.findings) options.logger?.warn({ line: f.line, code: f.code }, `policy ${config.authz.policy}: ${f.message}`);
+    // A large generated policy can have a finding per line: the first few are logged, then a count.
+    for (const f of a.findings.slice(0, MAX_LOGGED_FINDINGS)) options.logger?.warn({ line: f.line, code: f.code }, `policy ${config.authz.policy}: ${f.message}`);
+    const more = a.findings.length - MAX_LOGGED_FINDINGS;
+    if (more > 0) options.logger?.warn({ more }, `policy ${config.authz.policy}: ${more} more findings; \`authz-sidecar validate\` lists them all`);
   };
   logFindings(initial);
   const authorizer = createReloadableAuthorizer(initial, async () => {
@@ -296,6 +302,7 @@ export async function startSidecar(
   const servers: FastifyInstance[] = [];
   let stopWatching = (): void => undefined;
   let startedAdmin: FastifyInstance | undefined;
+  let listening = false;
   const stopAll = async (): Promise<void> => {
     stopWatching();
     await Promise.all(stoppers.map((c) => c()));
@@ -305,7 +312,9 @@ export async function startSidecar(
     const admin = createAdminServer({
       readiness: () => {
         const r = engine.readiness();
-        return draining ? { ready: false, missing: ['shutting down', ...r.missing] } : r;
+        if (draining) return { ready: false, missing: ['shutting down', ...r.missing] };
+        // The admin listener starts first: not ready until every front door listens too.
+        return listening ? r : { ready: false, missing: ['front doors starting', ...r.missing] };
       },
       policySha256: () => authorizer.current().sha256,
       metrics,
@@ -356,6 +365,7 @@ export async function startSidecar(
       const keyFiles = config.authn.jwt.flatMap((i) => [i.jwksFile, i.secretFile]).filter((f): f is string => f !== undefined);
       stopWatching = watchFiles([config.authz.model, config.authz.policy, ...keyFiles], () => void reload());
     }
+    listening = true;
     logger.info({ proxy: proxyAddress, admin: adminAddress, ...extAuthz, upstream: config.upstream?.url }, 'authz-sidecar listening');
 
     const drainMs = config.shutdown.drainSeconds * 1000;
