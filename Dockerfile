@@ -11,7 +11,9 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/ scripts/
 COPY src/ src/
+# tsc to dist/, then one esbuild bundle of the CLI (dist/bundle/), which bin/ runs.
 RUN npm run build
 
 # ---- production dependencies only (no build scripts: nothing in the runtime needs them) ---------------
