@@ -251,7 +251,13 @@ export interface RunningSidecar {
   close(): Promise<void>;
 }
 
-async function listen(app: FastifyInstance, address: string): Promise<string> {
+/** What the sidecar starts and drains: a fastify instance or a plain check server. */
+type Listener = Pick<FastifyInstance, 'server'> & {
+  listen(options: { path: string } | { host: string; port: number }): Promise<unknown>;
+  close(): Promise<unknown>;
+};
+
+async function listen(app: Listener, address: string): Promise<string> {
   const parsed = parseListenAddress(address);
   if (parsed === undefined) throw new TypeError(`invalid listen address ${address}`);
   if (parsed.kind === 'unix') {
@@ -299,7 +305,7 @@ export async function startSidecar(
 
   // Listeners stop in reverse order of start; the admin listener last, so /readyz answers 503 while draining.
   const stoppers: Array<() => Promise<void>> = [];
-  const servers: FastifyInstance[] = [];
+  const servers: Listener[] = [];
   let stopWatching = (): void => undefined;
   let startedAdmin: FastifyInstance | undefined;
   let listening = false;
@@ -359,7 +365,11 @@ export async function startSidecar(
       proxyAddress = await listen(proxy, config.listen);
       servers.push(proxy);
     }
-    stoppers.push(...servers.map((s) => () => s.close()));
+    stoppers.push(
+      ...servers.map((s) => async () => {
+        await s.close();
+      }),
+    );
 
     if (config.authz.watch) {
       const keyFiles = config.authn.jwt.flatMap((i) => [i.jwksFile, i.secretFile]).filter((f): f is string => f !== undefined);

@@ -5,10 +5,9 @@
  * `x-envoy-auth-headers-to-remove` for the token and spoofed identity headers, or the deny itself
  * (status, WWW-Authenticate, problem body), which Envoy passes to the client.
  */
-import type { FastifyInstance } from 'fastify';
-import { createHttpCheckServer, type HttpCheckServerOptions } from './http-check-server.js';
+import { createHttpCheckServer, type CheckServer, type HttpCheckServerOptions } from './http-check-server.js';
 
-export function createExtAuthzHttpServer(options: HttpCheckServerOptions & { readonly pathPrefix: string }): FastifyInstance {
+export function createExtAuthzHttpServer(options: HttpCheckServerOptions & { readonly pathPrefix: string }): CheckServer {
   const prefix = options.pathPrefix;
   return createHttpCheckServer(
     {

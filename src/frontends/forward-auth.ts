@@ -5,9 +5,8 @@
  * listener to loopback or a pod-internal address, where only the proxy can reach it. Exactly one family must be present, each header once. The answer is 200 with the identity headers for
  * the proxy to copy upstream, or 401/403 (nginx turns any other status into 500).
  */
-import type { FastifyInstance } from 'fastify';
 import type { HeaderMap } from '../core/access-request.js';
-import { createHttpCheckServer, type HttpCheckServerOptions } from './http-check-server.js';
+import { createHttpCheckServer, type CheckServer, type HttpCheckServerOptions } from './http-check-server.js';
 
 const FORWARDED = ['x-forwarded-method', 'x-forwarded-uri'] as const;
 const ORIGINAL = ['x-original-method', 'x-original-uri'] as const;
@@ -39,7 +38,7 @@ function original(headers: HeaderMap): { method: string; target: string; host: s
   return { method, target, host };
 }
 
-export function createForwardAuthServer(options: HttpCheckServerOptions): FastifyInstance {
+export function createForwardAuthServer(options: HttpCheckServerOptions): CheckServer {
   return createHttpCheckServer(
     {
       frontDoor: 'forwardAuth',

@@ -5,17 +5,16 @@
  * path and method to it, ignores any body, and answers a deny with status, WWW-Authenticate and the
  * problem body, which the proxy passes on to its client.
  */
-import type { IncomingMessage } from 'node:http';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { FastifyBaseLogger } from 'fastify';
 import { headerMap, type HeaderMap, type WireRequest } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
-import type { Decision } from '../core/decision.js';
-import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
+import { PROBLEM_CONTENT_TYPE, problemBody, type ReasonCode } from '../core/errors.js';
 import { denyAnswer, requestIdOrNew, upstreamChanges, type UpstreamChanges } from './check-answer.js';
 import type { DecisionObserver } from './decision-log.js';
 import { MAX_HEADER_COUNT, refuseConnect, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
 
-/** Envoy may send (part of) the body with a check; we never read it, but bound what we accept. */
+/** Envoy may send (part of) the body with a check; we never read it, and refuse a declared body past this. */
 const CHECK_BODY_LIMIT = 1024 * 1024;
 
 export interface CheckDoor {
@@ -32,52 +31,73 @@ export interface HttpCheckServerOptions {
   readonly observe: DecisionObserver;
 }
 
-export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerOptions): FastifyInstance {
-  const { engine } = options;
-  const app = Fastify({
-    loggerInstance: options.logger,
-    logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: CHECK_BODY_LIMIT,
-    http: SERVER_OPTIONS,
-    // Every check request is handled by the one route; the original target is read from req.originalUrl.
-    rewriteUrl: () => '/',
-    genReqId: (req: IncomingMessage) => requestIdOrNew(req.headersDistinct['x-request-id']?.[0]),
-  });
-  app.server.on('connect', refuseConnect);
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, _body, done) => done(null, undefined));
+/** A listener the sidecar starts and drains like its fastify ones. */
+export interface CheckServer {
+  readonly server: Server;
+  listen(options: { path: string } | { host: string; port: number }): Promise<void>;
+  close(): Promise<void>;
+}
 
-  app.setErrorHandler((error: { statusCode?: number }, request, reply) => {
-    const status = error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
-    if (status === 500) request.log.error({ err: error, requestId: request.id }, 'unexpected error in a check');
-    return reply
-      .code(status)
-      .type(PROBLEM_CONTENT_TYPE)
-      .send(problemBody(status === 500 ? 'INTERNAL' : 'BAD_REQUEST', 'the check request could not be processed', request.id));
-  });
+function answer(res: ServerResponse, status: number, headers: Readonly<Record<string, string>>, body = ''): void {
+  res.writeHead(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });
+  res.end(body);
+}
 
-  app.route({
-    method: app.supportedMethods,
-    url: '/',
-    handler: async (request, reply) => {
-      const raw = request.raw as IncomingMessage & { originalUrl?: string };
-      if (tooManyHeaders(raw)) {
-        return reply.code(431).type(PROBLEM_CONTENT_TYPE).send(problemBody('HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, request.id));
-      }
-      const headers = headerMap(Object.entries(raw.headersDistinct));
-      const started = process.hrtime.bigint();
-      const original = door.translate({ method: raw.method ?? 'GET', url: raw.originalUrl ?? raw.url ?? '/', headers });
-      if ('error' in original) {
-        return reply.code(400).type(PROBLEM_CONTENT_TYPE).send(problemBody('BAD_REQUEST', original.error, request.id));
-      }
-      const decision: Decision = await engine.decide({ ...original, frontDoor: door.frontDoor, headers, requestId: request.id });
-      options.observe(decision, started, request.log);
-      if (decision.outcome === 'allow') {
-        return reply.code(200).headers(door.allowHeaders(upstreamChanges(engine, headers, decision))).send();
-      }
-      const deny = denyAnswer(decision);
-      return reply.code(deny.status).headers(deny.headers).send(deny.body);
-    },
+function problem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string): void {
+  answer(res, status, { 'content-type': PROBLEM_CONTENT_TYPE }, JSON.stringify(problemBody(code, detail, requestId)));
+}
+
+/**
+ * A plain node:http server: a check has one route, no body to parse and a short answer, and fastify's
+ * routing, hooks and reply machinery cost more per check than the decision itself.
+ */
+export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerOptions): CheckServer {
+  const { engine, logger } = options;
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const headers = headerMap(Object.entries(req.headersDistinct));
+    const requestId = requestIdOrNew(headers['x-request-id']?.[0]);
+    if (tooManyHeaders(req)) return problem(res, 431, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, requestId);
+    if (Number(req.headers['content-length'] ?? 0) > CHECK_BODY_LIMIT) {
+      res.shouldKeepAlive = false;
+      return problem(res, 413, 'BAD_REQUEST', 'the check request body is too large', requestId);
+    }
+    const started = process.hrtime.bigint();
+    const original = door.translate({ method: req.method ?? 'GET', url: req.url ?? '/', headers });
+    if ('error' in original) return problem(res, 400, 'BAD_REQUEST', original.error, requestId);
+    const decision = await engine.decide({ ...original, frontDoor: door.frontDoor, headers, requestId });
+    options.observe(decision, started, logger);
+    if (decision.outcome === 'allow') return answer(res, 200, door.allowHeaders(upstreamChanges(engine, headers, decision)));
+    const deny = denyAnswer(decision);
+    return answer(res, deny.status, deny.headers, deny.body);
+  }
+
+  const server = createServer(SERVER_OPTIONS, (req, res) => {
+    // The body is never read: node discards what is left once the answer is sent.
+    handle(req, res).catch((err: unknown) => {
+      logger.error({ err, requestId: req.headers['x-request-id'] }, 'unexpected error in a check');
+      if (!res.headersSent) problem(res, 500, 'INTERNAL', 'the check request could not be processed', '');
+      else res.destroy();
+    });
   });
-  return app;
+  server.on('connect', refuseConnect);
+  // Malformed requests get node's own answers (400, 408, 431) and never reach the handler.
+
+  return {
+    server,
+    listen: (at) =>
+      new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen('path' in at ? { path: at.path } : { host: at.host, port: at.port }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }),
+    close: () =>
+      new Promise((resolve) => {
+        if (!server.listening) return resolve();
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      }),
+  };
 }
