@@ -40,6 +40,7 @@ export const REASONS = {
   HEADERS_TOO_MANY: { status: 431, title: 'Request Header Fields Too Large' },
   NOT_FOUND: { status: 404, title: 'Not Found' },
   INTERNAL: { status: 500, title: 'Internal Server Error' },
+  SHUTTING_DOWN: { status: 503, title: 'Service Unavailable' },
 } as const satisfies Record<string, ReasonSpec>;
 
 export type ReasonCode = keyof typeof REASONS;

@@ -7,7 +7,7 @@
  * router, the policy and the forwarded request all see the same path: a check on the raw URL followed by a
  * proxy that folds `/./admin` later is the bypass this avoids.
  */
-import type { IncomingMessage } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import httpProxy from '@fastify/http-proxy';
@@ -104,15 +104,17 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
   const { engine, upstream } = options;
   const canonical = new WeakMap<IncomingMessage, CanonicalTarget>();
   const allowed = new WeakMap<object, Decision>();
-  const forwardedAt = new WeakMap<object, bigint>();
 
+  let closing = false;
   const app = Fastify({
     loggerInstance: options.logger,
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     genReqId: requestIdOf,
     return503OnClosing: true,
-    http: SERVER_OPTIONS,
+    // Plain HTTP requests are served by serveHttp below, without fastify's routing, hooks and reply; fastify
+    // (and @fastify/http-proxy) keep WebSocket upgrades, which arrive as 'upgrade' events, not requests.
+    serverFactory: () => createServer(SERVER_OPTIONS, (req, res) => serveHttp(req, res)),
     rewriteUrl(req): string {
       const target = engine.canonicalize(req.method ?? 'GET', req.url ?? '');
       if (target === undefined) return '/'; // rejected in onRequest with the reason from decide()
@@ -133,13 +135,15 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
   });
   app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'NOT_FOUND', 'no route for this method'));
 
-  app.addHook('onRequest', async (request, reply) => {
-    const raw = request.raw;
-    if (tooManyHeaders(raw)) {
-      sendProblem(reply, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`);
-      return reply;
-    }
-    // Spoofed identity headers are removed before anything else, on every route, WebSocket upgrades too.
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+
+  /**
+   * Every request's decision, plain HTTP and WebSocket upgrade alike. Spoofed identity headers are removed
+   * from the request first, so nothing after this sees them.
+   */
+  async function authorize(raw: IncomingMessage, target: string, canonicalTarget: CanonicalTarget | undefined, requestId: string): Promise<Decision> {
     for (const name of Object.keys(raw.headers)) {
       if (engine.isClientIdentityHeader(name)) delete raw.headers[name];
     }
@@ -147,40 +151,112 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     const decision = await engine.decide({
       frontDoor: 'proxy',
       method: raw.method ?? 'GET',
-      target: (raw as IncomingMessage & { originalUrl?: string }).originalUrl ?? raw.url ?? '',
-      canonical: canonical.get(raw),
+      target,
+      canonical: canonicalTarget,
       host: raw.headers.host ?? '',
       headers: headerMap(Object.entries(raw.headersDistinct)),
       peer: '',
-      requestId: request.id,
+      requestId,
     });
-    options.observe(decision, started, request.log);
+    options.observe(decision, started, options.logger);
+    return decision;
+  }
+
+  // WebSocket upgrades: through fastify's routing, so @fastify/http-proxy can take the socket over.
+  app.addHook('onRequest', async (request, reply) => {
+    const raw = request.raw;
+    if (tooManyHeaders(raw)) {
+      sendProblem(reply, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`);
+      return reply;
+    }
+    const target = (raw as IncomingMessage & { originalUrl?: string }).originalUrl ?? raw.url ?? '';
+    const decision = await authorize(raw, target, canonical.get(raw), request.id);
     if (decision.outcome !== 'allow') {
       sendDecision(reply, decision);
       return reply;
     }
     allowed.set(request, decision);
-    forwardedAt.set(request, process.hrtime.bigint());
     return undefined;
   });
 
   /** Headers for the upstream request, HTTP and WebSocket alike: identity headers from the decision only. */
   function upstreamHeaders(
-    request: { readonly id: string; readonly headers: Readonly<Record<string, string | string[] | undefined>> },
+    decision: Decision | undefined,
+    requestId: string,
+    clientHost: string | undefined,
     headers: Record<string, string | string[] | undefined>,
   ): Record<string, string | string[] | undefined> {
-    // Client identity headers were already removed from the raw request in onRequest. Hop-by-hop headers
+    // Client identity headers were already removed from the raw request in authorize(). Hop-by-hop headers
     // (RFC 9110 §7.6.1) and Expect describe the client's connection, not the request: the upstream hop has
     // its own (undici refuses to send Expect and Keep-Alive at all).
     for (const name of REQUEST_HOP_BY_HOP) delete headers[name];
-    const decision = allowed.get(request);
     engine.scrubHeadersForUpstream(headers);
     if (decision !== undefined) Object.assign(headers, decision.upstreamHeaders);
-    headers['x-request-id'] = request.id;
+    headers['x-request-id'] = requestId;
     // The host the decision was made for (an absolute-form target's authority wins over Host).
-    const host = decision?.request?.host ?? request.headers.host;
+    const host = decision?.request?.host ?? clientHost;
     if (typeof host === 'string' && host !== '') headers['x-forwarded-host'] = host;
     return headers;
+  }
+
+  /** A problem answer written on the raw response (the plain HTTP path has no fastify reply). */
+  function rawProblem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string, headers: Record<string, string> = {}): void {
+    const body = JSON.stringify(problemBody(code, detail, requestId));
+    res.writeHead(status, { ...headers, 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)) });
+    res.end(body);
+  }
+
+  /** Plain HTTP: decide, then answer the deny or forward through our own pool (forward.ts). */
+  async function proxyHttp(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
+    if (closing) {
+      // As fastify's return503OnClosing: a request on a kept-alive connection during shutdown.
+      res.shouldKeepAlive = false;
+      return rawProblem(res, 503, 'SHUTTING_DOWN', 'the sidecar is shutting down', requestId);
+    }
+    if (tooManyHeaders(req)) return rawProblem(res, 431, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, requestId);
+    const url = req.url ?? '';
+    const target = engine.canonicalize(req.method ?? 'GET', url);
+    const decision = await authorize(req, url, target, requestId);
+    if (decision.outcome !== 'allow' || target === undefined) {
+      const body = JSON.stringify(decisionProblem(decision));
+      res.writeHead(decision.status, { ...decision.responseHeaders, 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)) });
+      res.end(body);
+      return;
+    }
+    const query = decision.upstreamQuery;
+    // The canonical path, with the query exactly as received minus token parameters.
+    const path = query === undefined || query === '' ? target.path : `${target.path}?${query}`;
+    const headers: Record<string, string | string[] | undefined> = {};
+    const connection = req.headers.connection;
+    const named = connection === undefined ? undefined : new Set(connection.split(',').map((n) => n.trim().toLowerCase()));
+    for (const name of Object.keys(req.headers)) {
+      if (name !== 'connection' && named?.has(name) !== true) headers[name] = req.headers[name];
+    }
+    const forwardedAt = process.hrtime.bigint();
+    forwarder.forward({ method: req.method ?? 'GET', path, headers: upstreamHeaders(decision, requestId, req.headers.host, headers), raw: req }, res, {
+      onResponse(status) {
+        if (options.metrics === undefined) return;
+        const seconds = Number(process.hrtime.bigint() - forwardedAt) / 1e9;
+        options.metrics.upstreamDuration.observe({ status_class: `${Math.floor(status / 100)}xx` }, seconds);
+      },
+      onFailure(kind, error) {
+        options.logger.warn({ requestId, upstreamError: error.message }, 'upstream request failed');
+        const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
+        if (!res.writableEnded) {
+          rawProblem(res, REASONS[code].status, code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', requestId);
+        }
+      },
+    });
+  }
+
+  function serveHttp(req: IncomingMessage, res: ServerResponse): void {
+    const requestId = requestIdOf(req);
+    proxyHttp(req, res, requestId).catch((err: unknown) => {
+      // Never a stack trace to clients; the log has the error (without headers: they may hold tokens).
+      options.logger.error({ err, requestId }, 'unexpected error');
+      if (!res.headersSent) rawProblem(res, 500, 'INTERNAL', 'internal error', requestId);
+      else res.destroy();
+    });
   }
 
   const base = upstream.kind === 'unix' ? `unix+http://${encodeURIComponent(upstream.path)}/` : upstream.origin;
@@ -200,7 +276,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
       for (const [name, value] of Object.entries(request.headers)) {
         if (!WS_OWN_HEADERS.has(name)) copied[name] = value;
       }
-      return upstreamHeaders(request, copied);
+      return upstreamHeaders(allowed.get(request), request.id, request.headers.host, copied);
     },
   };
   const websocketOptions = {
@@ -215,38 +291,10 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     disableRequestLogging: true,
     httpMethods: app.supportedMethods.filter((m) => m !== 'CONNECT'),
     ...(options.websockets ? websocketOptions : { websocket: false as const }),
-    // HTTP is forwarded by our own undici pool (forward.ts); @fastify/http-proxy keeps routing and WebSockets.
+    // Only WebSocket upgrades reach fastify's routes (plain HTTP is served by serveHttp), and
+    // @fastify/http-proxy takes those over before this handler would run; anything else is refused.
     handler(request, reply) {
-      const raw = request.raw;
-      const url = raw.url ?? '/';
-      const query = allowed.get(request)?.upstreamQuery;
-      // The canonical path (rewriteUrl), with the query exactly as received minus token parameters.
-      const path = `${url.split('?', 1)[0] ?? '/'}${query === undefined || query === '' ? '' : `?${query}`}`;
-      const headers: Record<string, string | string[] | undefined> = {};
-      const connection = raw.headers.connection;
-      const named = new Set((connection ?? '').split(',').map((n) => n.trim().toLowerCase()));
-      for (const name of Object.keys(raw.headers)) {
-        if (name !== 'connection' && !named.has(name)) headers[name] = raw.headers[name];
-      }
-      reply.hijack();
-      forwarder.forward({ method: raw.method ?? 'GET', path, headers: upstreamHeaders(request, headers), raw }, reply.raw, {
-        onResponse(status) {
-          const started = forwardedAt.get(request);
-          if (started !== undefined && options.metrics !== undefined) {
-            const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-            options.metrics.upstreamDuration.observe({ status_class: `${Math.floor(status / 100)}xx` }, seconds);
-          }
-        },
-        onFailure(kind, error) {
-          request.log.warn({ requestId: request.id, upstreamError: error.message }, 'upstream request failed');
-          const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
-          const body = JSON.stringify(problemBody(code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', request.id));
-          if (!reply.raw.writableEnded) {
-            reply.raw.writeHead(REASONS[code].status, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) });
-            reply.raw.end(body);
-          }
-        },
-      });
+      return sendProblem(reply, 'NOT_FOUND', 'no route for this request');
     },
   });
   return app;

@@ -4,6 +4,7 @@
  * with slow requests in flight.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { connect } from 'node:net';
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -266,6 +267,38 @@ describe('dry-run, metrics and decision logs', () => {
 });
 
 describe('shutdown', () => {
+  it('during the drain, a new request on a connection busy with an in-flight one gets 503 SHUTTING_DOWN and the connection closes', async () => {
+    const policy = join(dir, 'queued.csv');
+    await writeFile(policy, 'p, anonymous, /queued/*, GET\n');
+    const sidecar = await start('queued', policy, { shutdown: { drainSeconds: 10 } });
+    upstream.delayMs = 1_500;
+    try {
+      const { hostname, port } = new URL(sidecar.url);
+      const socket = connect({ host: hostname, port: Number(port) });
+      const received: Buffer[] = [];
+      socket.on('data', (c: Buffer) => received.push(c));
+      const closed = new Promise<void>((r) => socket.once('close', () => r()));
+      socket.write('GET /queued/first HTTP/1.1\r\nHost: app\r\n\r\n');
+      await until('the first request reaches the upstream', async () => upstream.requests.some((r) => r.url === '/queued/first'));
+      sidecar.child.kill('SIGTERM');
+      await until('readiness turns 503', async () => (await fetch(`${sidecar.admin}/readyz`).then((r) => r.status, () => 0)) === 503, 2_000);
+      await new Promise((r) => setTimeout(r, 200));
+      // The connection is busy (not idle, so the drain does not close it): a second request arrives on it.
+      socket.write('GET /queued/second HTTP/1.1\r\nHost: app\r\n\r\n');
+      await closed;
+      const text = Buffer.concat(received).toString('utf8');
+      const statuses = [...text.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((m) => Number(m[1]));
+      expect(statuses).toEqual([200, 503]);
+      const second = text.slice(text.lastIndexOf('HTTP/1.1 503'));
+      expect(second.toLowerCase()).toContain('connection: close');
+      expect(second).toContain('SHUTTING_DOWN');
+      expect(upstream.requests.some((r) => r.url === '/queued/second')).toBe(false);
+    } finally {
+      upstream.delayMs = 0;
+      await sidecar.stop();
+    }
+  });
+
   it('SIGTERM with slow requests in flight: all complete, readiness is 503 during the drain, exit 0', async () => {
     const policy = join(dir, 'term.csv');
     await writeFile(policy, 'p, anonymous, /slow/*, GET\n');
