@@ -145,7 +145,15 @@ end
   return file;
 }
 
-async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort }) {
+/** The NODE_OPTIONS the Kubernetes example runs the sidecar with (row 5t measures them). */
+function deployedNodeOptions() {
+  const text = readFileSync(join(ROOT, 'deploy/kubernetes/deployment.yaml'), 'utf8');
+  const match = /- name: NODE_OPTIONS\s*\n\s*value: (.+)/.exec(text);
+  if (!match) throw new Error('deploy/kubernetes/deployment.yaml sets no NODE_OPTIONS');
+  return match[1].trim();
+}
+
+async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, nodeOptions }) {
   const port = await freePort();
   const admin = await freePort();
   const config = {
@@ -160,7 +168,8 @@ async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), ups
   const file = join(work, `sidecar-${port}.json`);
   writeFileSync(file, JSON.stringify(config));
   const started = process.hrtime.bigint();
-  const child = pinned('node', [join(ROOT, 'bin/authz-sidecar.js'), 'serve', '--config', file]);
+  const env = nodeOptions === undefined ? process.env : { ...process.env, NODE_OPTIONS: nodeOptions };
+  const child = pinned('node', [join(ROOT, 'bin/authz-sidecar.js'), 'serve', '--config', file], { env });
   for (;;) {
     if ((await waitForHttp(`http://127.0.0.1:${admin}/readyz`, child)) === 200) break;
     await new Promise((r) => setTimeout(r, 5));
@@ -189,7 +198,7 @@ async function versions() {
     fastify: pkg('fastify'),
     fastifyHttpProxy: pkg('@fastify/http-proxy'),
     casbin: pkg('casbin'),
-    authzSidecar: (await v('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], /(\w+)/)),
+    authzSidecar: `${await v('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], /(\w+)/)}${(await v('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no'], /([\s\S]+)/)) === 'unknown' ? '' : ' (with uncommitted changes)'}`,
   };
 }
 
@@ -218,11 +227,12 @@ async function main() {
     await measure('2', 'nginx reverse proxy', server.pid, load(http(port)));
     await stopTree(server.pid, server.stop);
   }
-  if (want('3')) {
+  if (want('3') || want('3m')) {
     const port = await freePort();
     const child = pinned('node', [join(ROOT, 'bench/servers/fastify-proxy.mjs'), String(port), `http://127.0.0.1:${upstreamPort}`]);
     await waitForHttp(http(port), child);
     await measure('3', 'bare @fastify/http-proxy (no auth)', child.pid, load(http(port)));
+    await measure('3m', 'bare @fastify/http-proxy, moderate load (8 connections, 4 ms think time)', child.pid, moderateLoad(http(port)));
     await stopTree(child.pid, () => stopChild(child));
   }
   if (want('4')) {
@@ -249,6 +259,13 @@ async function main() {
     await expectAuth(http(sidecar.port));
     if (want('5')) await measure('5', `authz-sidecar proxy (${POLICY_LINES}-line policy)`, sidecar.pid, load(http(sidecar.port), { headers: bearer }));
     if (want('5m')) await measure('5m', 'authz-sidecar proxy, moderate load (8 connections, 4 ms think time)', sidecar.pid, moderateLoad(http(sidecar.port), bearer));
+    await stopTree(sidecar.pid, sidecar.stop);
+  }
+  if (want('5t')) {
+    const nodeOptions = deployedNodeOptions();
+    const sidecar = await startSidecar({ upstreamPort, nodeOptions });
+    await expectAuth(http(sidecar.port));
+    await measure('5t', `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`, sidecar.pid, load(http(sidecar.port), { headers: bearer }));
     await stopTree(sidecar.pid, sidecar.stop);
   }
   if (want('6')) {
