@@ -4,7 +4,8 @@
  * bench/results/results.json and results.md with the machine, the versions, each row and the ratios the
  * targets are stated in. Targets are ratios measured in the same run, never absolute times.
  *
- * Environment: BENCH_SECONDS (default 10) per row, BENCH_ROWS (comma-separated row ids) to run a subset.
+ * Environment: BENCH_SECONDS (default 8) per row and round, BENCH_ROUNDS (default 3) rounds of the compared
+ * rows, BENCH_ROWS (comma-separated row ids) to run a subset.
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash, createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
@@ -27,7 +28,10 @@ const exec = promisify(execFile);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SERVER_CPU = 0;
 const LOAD_CPU = 1;
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+/** Rounds of the compared rows (1-5t), interleaved; each reports its median round. */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const MODERATE = 'moderate load (8 connections, 4 ms think time)';
 /** Unmeasured load before each row: JIT warm-up, connection pools filled. */
 const WARMUP_SECONDS = 2;
 const CONNECTIONS = 64;
@@ -76,28 +80,43 @@ function pinned(command, args, options = {}) {
   return child;
 }
 
-/** Runs the load and reads the server's CPU and peak memory around it. */
-async function measure(id, name, pid, load, notes = '') {
+/** Runs the load (after an unmeasured warm-up) and reads the server's CPU around it. */
+async function sample(id, pid, load) {
   await load(WARMUP_SECONDS);
   const cpuBefore = cpuSeconds(pid);
   const result = await load(SECONDS);
   const cpu = cpuSeconds(pid) - cpuBefore;
+  const failed = result.non2xx + result.socketErrors;
+  if (failed > 0) throw new Error(`${id}: ${failed} requests did not succeed: the row does not measure what it claims`);
+  return { ...result, cpuSecondsPer10k: result.requests > 0 ? (cpu / result.requests) * 10_000 : undefined };
+}
+
+/** A row from one or more samples: the sample with the median req/s, and the peak memory so far. */
+function record(id, name, pid, samples, notes = '') {
+  const sorted = [...samples].sort((a, b) => a.rps - b.rps);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
   const row = {
     id,
     name,
-    rps: Math.round(result.rps),
-    p50Ms: result.p50Ms,
-    p99Ms: result.p99Ms,
-    cpuSecondsPer10k: result.requests > 0 ? (cpu / result.requests) * 10_000 : undefined,
+    rps: Math.round(median.rps),
+    p50Ms: median.p50Ms,
+    p99Ms: median.p99Ms,
+    cpuSecondsPer10k: median.cpuSecondsPer10k,
     peakRssMiB: Math.round(peakRssMiB(pid) * 10) / 10,
-    requests: result.requests,
-    failed: result.non2xx + result.socketErrors,
+    requests: median.requests,
+    failed: 0,
+    rounds: samples.length,
+    rpsRange: samples.length > 1 ? [Math.round(sorted[0].rps), Math.round(sorted.at(-1).rps)] : undefined,
     notes,
   };
-  log(`${id} ${name}: ${row.rps} req/s, p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${row.cpuSecondsPer10k?.toFixed(2)} CPU s/10k, ${row.peakRssMiB} MiB, ${row.failed} failed`);
-  if (row.failed > 0) throw new Error(`${id}: ${row.failed} requests did not succeed: the row does not measure what it claims`);
+  const range = row.rpsRange ? ` (${row.rpsRange.join('-')} over ${samples.length} rounds)` : '';
+  log(`${id} ${name}: ${row.rps} req/s${range}, p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${row.cpuSecondsPer10k?.toFixed(2)} CPU s/10k, ${row.peakRssMiB} MiB`);
   rows.push(row);
   return row;
+}
+
+async function measure(id, name, pid, load, notes = '') {
+  return record(id, name, pid, [await sample(id, pid, load)], notes);
 }
 
 const want = (id) => ONLY === undefined || ONLY.includes(id);
@@ -214,26 +233,30 @@ async function main() {
   const moderate = thinkTimeScript(4);
   const moderateLoad = (url, headers = {}) => (seconds) => wrk({ url, cpu: LOAD_CPU, connections: 8, seconds, headers, script: moderate });
 
-  if (want('1')) {
+  // The rows the targets compare run interleaved, ROUNDS times, every server up at once (idle ones cost
+  // nothing): drift of a shared machine hits every row alike, and each row reports its median round.
+  const compared = [];
+  const stops = [];
+  if (want('1') || want('1m')) {
     const port = await freePort();
     const server = await startUpstream({ dir: join(work, 'upstream-alone'), port, cpu: SERVER_CPU });
-    await measure('1', 'upstream alone (nginx return 200)', server.pid, load(http(port)));
-    await measure('1m', 'upstream alone, moderate load (8 connections, 4 ms think time)', server.pid, moderateLoad(http(port)));
-    await stopTree(server.pid, server.stop);
+    stops.push(() => stopTree(server.pid, server.stop));
+    compared.push({ id: '1', name: 'upstream alone (nginx return 200)', pid: server.pid, load: load(http(port)) });
+    compared.push({ id: '1m', name: `upstream alone, ${MODERATE}`, pid: server.pid, load: moderateLoad(http(port)) });
   }
   if (want('2')) {
     const port = await freePort();
     const server = await startNginxProxy({ dir: join(work, 'nginx-proxy'), port, upstreamPort, cpu: SERVER_CPU });
-    await measure('2', 'nginx reverse proxy', server.pid, load(http(port)));
-    await stopTree(server.pid, server.stop);
+    stops.push(() => stopTree(server.pid, server.stop));
+    compared.push({ id: '2', name: 'nginx reverse proxy', pid: server.pid, load: load(http(port)) });
   }
   if (want('3') || want('3m')) {
     const port = await freePort();
     const child = pinned('node', [join(ROOT, 'bench/servers/fastify-proxy.mjs'), String(port), `http://127.0.0.1:${upstreamPort}`]);
     await waitForHttp(http(port), child);
-    await measure('3', 'bare @fastify/http-proxy (no auth)', child.pid, load(http(port)));
-    await measure('3m', 'bare @fastify/http-proxy, moderate load (8 connections, 4 ms think time)', child.pid, moderateLoad(http(port)));
-    await stopTree(child.pid, () => stopChild(child));
+    stops.push(() => stopTree(child.pid, () => stopChild(child)));
+    compared.push({ id: '3', name: 'bare @fastify/http-proxy (no auth)', pid: child.pid, load: load(http(port)) });
+    compared.push({ id: '3m', name: `bare @fastify/http-proxy, ${MODERATE}`, pid: child.pid, load: moderateLoad(http(port)) });
   }
   if (want('4')) {
     const cert = await selfSignedCert(join(work, 'tls'));
@@ -249,25 +272,43 @@ async function main() {
       cpu: SERVER_CPU,
       caBundlePath: cert.certPath,
     });
+    stops.push(async () => {
+      await stopTree(apache.pid, apache.stop);
+      await jwksServer.close();
+    });
     await expectAuth(http(port));
-    await measure('4', 'Apache mod_auth_openidc (RS256 JWT via JWKS, proxy)', apache.pid, load(http(port), { headers: bearer }));
-    await stopTree(apache.pid, apache.stop);
-    await jwksServer.close();
+    compared.push({ id: '4', name: 'Apache mod_auth_openidc (RS256 JWT via JWKS, proxy)', pid: apache.pid, load: load(http(port), { headers: bearer }) });
   }
   if (want('5') || want('5m')) {
     const sidecar = await startSidecar({ upstreamPort });
+    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
     await expectAuth(http(sidecar.port));
-    if (want('5')) await measure('5', `authz-sidecar proxy (${POLICY_LINES}-line policy)`, sidecar.pid, load(http(sidecar.port), { headers: bearer }));
-    if (want('5m')) await measure('5m', 'authz-sidecar proxy, moderate load (8 connections, 4 ms think time)', sidecar.pid, moderateLoad(http(sidecar.port), bearer));
-    await stopTree(sidecar.pid, sidecar.stop);
+    compared.push({ id: '5', name: `authz-sidecar proxy (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }) });
+    compared.push({ id: '5m', name: `authz-sidecar proxy, ${MODERATE}`, pid: sidecar.pid, load: moderateLoad(http(sidecar.port), bearer) });
   }
   if (want('5t')) {
     const nodeOptions = deployedNodeOptions();
     const sidecar = await startSidecar({ upstreamPort, nodeOptions });
+    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
     await expectAuth(http(sidecar.port));
-    await measure('5t', `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`, sidecar.pid, load(http(sidecar.port), { headers: bearer }));
-    await stopTree(sidecar.pid, sidecar.stop);
+    compared.push({
+      id: '5t',
+      name: `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`,
+      pid: sidecar.pid,
+      load: load(http(sidecar.port), { headers: bearer }),
+    });
   }
+  const selected = compared.filter((c) => want(c.id));
+  const samples = new Map(selected.map((c) => [c.id, []]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const c of selected) {
+      const result = await sample(c.id, c.pid, c.load);
+      samples.get(c.id).push(result);
+      log(`round ${round}/${ROUNDS} ${c.id}: ${Math.round(result.rps)} req/s, p50 ${result.p50Ms} ms`);
+    }
+  }
+  for (const c of selected) record(c.id, c.name, c.pid, samples.get(c.id));
+  for (const stop of stops) await stop();
   if (want('6')) {
     const script = coldTokensScript(PATH);
     const sidecar = await startSidecar({ upstreamPort });
@@ -317,6 +358,7 @@ async function main() {
     date: new Date().toISOString(),
     command: 'npm run bench',
     secondsPerRow: SECONDS,
+    rounds: ROUNDS,
     connections: CONNECTIONS,
     machine,
     versions: await versions(),

@@ -41,13 +41,14 @@ export function renderMarkdown(result) {
   const out = [];
   const v = result.versions;
   out.push(`# authz-sidecar benchmark`, '');
-  out.push(`Run ${result.date} with \`${result.command}\`: ${result.secondsPerRow} s per row, ${result.connections} connections (wrk, one thread) unless the row says otherwise.`);
+  out.push(`Run ${result.date} with \`${result.command}\`: ${result.secondsPerRow} s per row after a 2 s warm-up, ${result.connections} connections (wrk, one thread) unless the row says otherwise. Rows 1-5t ran interleaved in ${result.rounds} rounds and show their median round (req/s range in the last column).`);
   out.push(`Machine: ${result.machine.cpu}, ${result.machine.cores} cores, ${result.machine.memoryGiB} GiB, Linux ${result.machine.kernel}. Server under test pinned to core 0; load generator and the shared upstream (nginx) pinned to core 1; loopback only.`);
   out.push(`Versions: Node ${v.node}, nginx ${v.nginx}, Apache ${v.apache}, mod_auth_openidc ${v.modAuthOpenidc}, wrk ${v.wrk}, h2load ${v.h2load}, fastify ${v.fastify}, @fastify/http-proxy ${v.fastifyHttpProxy}, casbin ${v.casbin}, authz-sidecar ${v.authzSidecar}.`, '');
   const upstream = byId(result, '1');
-  out.push('| # | row | req/s | × upstream | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |', '|---|---|---:|---:|---:|---:|---:|---:|');
+  out.push('| # | row | req/s | × upstream | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB | req/s range |', '|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of result.rows) {
-    out.push(`| ${r.id} | ${r.name} | ${r.rps} | ${upstream ? fmt(r.rps / upstream.rps) : 'n/a'} | ${fmt(r.p50Ms, 3)} | ${fmt(r.p99Ms, 3)} | ${fmt(r.cpuSecondsPer10k)} | ${fmt(r.peakRssMiB, 1)} |`);
+    const range = r.rpsRange ? `${r.rpsRange[0]}-${r.rpsRange[1]}` : '';
+    out.push(`| ${r.id} | ${r.name} | ${r.rps} | ${upstream ? fmt(r.rps / upstream.rps) : 'n/a'} | ${fmt(r.p50Ms, 3)} | ${fmt(r.p99Ms, 3)} | ${fmt(r.cpuSecondsPer10k)} | ${fmt(r.peakRssMiB, 1)} | ${range} |`);
   }
   const ratio = (a, b, what) => {
     const [x, y] = [byId(result, a), byId(result, b)];
