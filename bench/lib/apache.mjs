@@ -6,26 +6,14 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import process from 'node:process';
 import { clearTimeout, setTimeout } from 'node:timers';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from './util.mjs';
 
 const MODULES = '/usr/lib/apache2/modules';
 const APACHE_BIN = '/usr/sbin/apache2';
-
-/** Ask the OS for a free loopback port (Apache itself cannot listen on port 0). */
-function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
 
 // Apache config strings are double-quoted; reject anything that would break out.
 function q(value) {
@@ -183,6 +171,7 @@ export async function startApache({
   await chmod(dir, 0o755);
   await chmod(runDir, 0o777);
 
+  // Apache cannot listen on port 0 and report the port: pick a free one.
   const listenPort = port || (await freePort());
   const confPath = join(dir, 'httpd.conf');
   const errorLogPath = join(dir, 'error.log');
