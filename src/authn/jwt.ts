@@ -9,7 +9,7 @@
  * Verified tokens are cached (bounded LRU keyed by issuer and the token's SHA-256), never past their `exp`;
  * the policy is still evaluated on every request.
  */
-import { hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { copyClaims } from '../core/identity.js';
@@ -150,7 +150,8 @@ function classify(err: unknown): { reason: ReasonCode; detail: string } {
 }
 
 export function sha256(text: string): string {
-  return hash('sha256', text, 'base64url');
+  // createHash, not crypto.hash: the one-shot API needs Node 20.12, and engines says >=20.
+  return createHash('sha256').update(text).digest('base64url');
 }
 
 export interface JwtAuthenticator extends Authenticator {

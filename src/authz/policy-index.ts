@@ -14,7 +14,7 @@
  * narrow). A model whose matcher cannot be read that way (a top-level `||` or `?:`, `eval()`, no reference
  * to p) gets no index and plain Casbin runs.
  */
-import type { Model } from 'casbin';
+import { Util, type Model } from 'casbin';
 
 /** Who the request-scoped token roles belong to (see RequestScopedRoleManager). */
 export interface RoleScope {
@@ -34,7 +34,7 @@ export interface PolicyIndex {
 type Term =
   | { readonly kind: 'role'; readonly r: number; readonly p: number }
   | { readonly kind: 'equal'; readonly r: number; readonly p: number }
-  | { readonly kind: 'pattern'; readonly r: number; readonly p: number };
+  | { readonly kind: 'pattern'; readonly r: number; readonly p: number; readonly fn: string };
 
 /** Characters after which a keyMatch/keyMatch2/3/4 pattern is no longer taken literally. */
 const PATTERN_SPECIAL = new Set(['*', ':', '{', '}', '\\', '^', '$', '.', '|', '?', '+', '(', ')', '[', ']']);
@@ -97,6 +97,12 @@ export function conjuncts(expression: string): string[] | undefined {
 }
 
 const KEY_MATCH = /^keyMatch[234]?$/;
+const KEY_MATCH_FUNCTIONS: Readonly<Record<string, (key: string, pattern: string) => unknown>> = {
+  keyMatch: Util.keyMatchFunc,
+  keyMatch2: Util.keyMatch2Func,
+  keyMatch3: Util.keyMatch3Func,
+  keyMatch4: Util.keyMatch4Func,
+};
 
 function readTerm(text: string, rTokens: readonly string[], pTokens: readonly string[], roleFunctions: ReadonlySet<string>): Term | undefined {
   const call = /^(\w+)\(\s*(\w+)\s*,\s*(\w+)\s*\)$/.exec(text);
@@ -106,7 +112,7 @@ function readTerm(text: string, rTokens: readonly string[], pTokens: readonly st
     const p = pTokens.indexOf(b);
     if (r < 0 || p < 0) return undefined;
     if (roleFunctions.has(fn)) return { kind: 'role', r, p };
-    if (KEY_MATCH.test(fn)) return { kind: 'pattern', r, p };
+    if (KEY_MATCH.test(fn)) return { kind: 'pattern', r, p, fn };
     return undefined;
   }
   const eq = /^(\w+)\s*==\s*(\w+)$/.exec(text);
@@ -115,6 +121,23 @@ function readTerm(text: string, rTokens: readonly string[], pTokens: readonly st
   if (rTokens.includes(a) && pTokens.includes(b)) return { kind: 'equal', r: rTokens.indexOf(a), p: pTokens.indexOf(b) };
   if (rTokens.includes(b) && pTokens.includes(a)) return { kind: 'equal', r: rTokens.indexOf(b), p: pTokens.indexOf(a) };
   return undefined;
+}
+
+/**
+ * Terms the index does not narrow by but that cannot throw on any policy line: comparisons of request and
+ * policy values (strings) and literals, role functions (`g`, `g2`, ...), and our anchored regexMatch on a
+ * policy pattern (every policy pattern was compiled at load). Anything else (ipMatch, globMatch, keyMatch5,
+ * `in`, a request value used as a pattern) may throw for some lines only.
+ */
+function cannotThrow(text: string, gFunctions: ReadonlySet<string>): boolean {
+  if (/\bin\b/.test(text.replace(/"[^"]*"|'[^']*'/g, '""'))) return false;
+  for (const call of text.matchAll(/(\w+)\s*\(([^()]*)\)/g)) {
+    const [, fn = '', args = ''] = call;
+    if (gFunctions.has(fn)) continue;
+    if (fn === 'authzSidecarAnchoredRegexMatch' && /^\s*r_\w+\s*,\s*p_\w+\s*$/.test(args)) continue;
+    return false;
+  }
+  return true;
 }
 
 interface PrefixBucket {
@@ -142,7 +165,26 @@ export function buildPolicyIndex(model: Model, roleFunction = 'g'): PolicyIndex 
 
   const parts = conjuncts(matcher);
   if (parts === undefined) return undefined;
-  const terms = parts.map((t) => readTerm(t, rTokens, pAssertion.tokens, roleFunctions)).filter((t) => t !== undefined);
+  const gFunctions = new Set(model.model.get('g')?.keys() ?? []);
+  const read = parts.map((text) => ({ text, term: readTerm(text, rTokens, pAssertion.tokens, roleFunctions) }));
+  // Casbin throws when a term throws on a line it evaluates (a POLICY_ERROR deny). A line the index
+  // leaves out is never evaluated, so every term must be one that cannot throw on any line, else a
+  // throwing line left out could let another line allow: no index then, Casbin as it is.
+  for (const { text, term } of read) {
+    if (term?.kind === 'pattern') {
+      const match = KEY_MATCH_FUNCTIONS[term.fn];
+      for (const line of policy) {
+        try {
+          match?.('/', line[term.p] ?? '');
+        } catch {
+          return undefined;
+        }
+      }
+    } else if (term === undefined && !cannotThrow(text, gFunctions)) {
+      return undefined;
+    }
+  }
+  const terms = read.map((t) => t.term).filter((t) => t !== undefined);
   const exact = terms.find((t) => t.kind === 'role') ?? terms.find((t) => t.kind === 'equal');
   const prefix = terms.find((t) => t.kind === 'pattern') ?? terms.find((t) => t.kind === 'equal' && t !== exact);
   if (exact === undefined && prefix === undefined) return undefined;

@@ -85,16 +85,24 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
 
       let controller: Dispatcher.DispatchController | undefined;
       let done = false;
+      let clientGone = false;
       res.once('close', () => {
-        // The client went away before the answer was complete: stop the upstream request too.
-        if (!done) controller?.abort(new Error('the client closed the connection'));
+        // The client went away before the answer was complete: stop the upstream request too (or, while it
+        // still waits for a pooled connection, as soon as it starts).
+        if (done) return;
+        clientGone = true;
+        controller?.abort(new Error('the client closed the connection'));
       });
 
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c;
+          if (clientGone) c.abort(new Error('the client closed the connection'));
         },
         onResponseStart(c, statusCode, responseHeaders) {
+          // Informational answers (100 Continue, 102, 103 Early Hints) come before the real one: only the
+          // final answer goes to the client.
+          if (statusCode < 200) return;
           callbacks.onResponse?.(statusCode);
           res.writeHead(statusCode, clientResponseHeaders(responseHeaders));
           controller = c;
@@ -111,6 +119,7 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
         },
         onResponseError(_c, error) {
           done = true;
+          if (clientGone || res.destroyed) return;
           if (!res.headersSent) {
             callbacks.onFailure(isTimeout(error) ? 'timeout' : 'unavailable', error);
           } else {

@@ -40,7 +40,19 @@ export interface ProxyOptions {
  * Bodies are streamed to the app and bounded by upstream.timeoutSeconds on that side.
  */
 export const HEADERS_TIMEOUT_MS = 10_000;
-export const SERVER_OPTIONS = { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000 };
+/**
+ * The door's own node:http servers (no longer fastify's) keep fastify's defaults: idle keep-alive
+ * connections live 72 s (longer than the usual 60 s of load balancers and ingress proxies, so the client
+ * side closes first and never sends onto a connection being closed), and request bodies have no overall
+ * time limit (node's default of 300 s would cut long uploads).
+ */
+export const KEEP_ALIVE_TIMEOUT_MS = 72_000;
+export const SERVER_OPTIONS = {
+  headersTimeout: HEADERS_TIMEOUT_MS,
+  connectionsCheckingInterval: 1_000,
+  keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+  requestTimeout: 0,
+};
 /**
  * Node's parser keeps only the first headers (about a thousand fields) and silently drops the rest, so a
  * header past them would be invisible to the decision. A request with this many fields is refused (431).

@@ -5,6 +5,7 @@
  * anonymous may GET /public/*).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -385,6 +386,37 @@ describe('upstream failures', () => {
     } finally {
       await down.close();
     }
+  });
+});
+
+describe('forwarding details', () => {
+  it('passes on only the final answer when the app sends informational ones first (103 Early Hints, 102)', async () => {
+    const port = await freePort();
+    const app = createServer((req, res) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      res.writeProcessing();
+      res.writeHead(201, { 'content-type': 'text/plain' });
+      res.end(`created ${req.url ?? ''}`);
+    });
+    await new Promise<void>((r) => app.listen(port, '127.0.0.1', () => r()));
+    const hinted = await startTestSidecar({
+      upstream: { url: `http://127.0.0.1:${port}` },
+      authn: { jwt: [{ issuer: idp.issuer, audiences: [AUDIENCE], jwksUri: idp.jwksUri }] },
+    });
+    try {
+      const res = await fetch(`${hinted.url}/public/hinted`);
+      expect(res.status).toBe(201);
+      expect(await res.text()).toBe('created /public/hinted');
+    } finally {
+      await hinted.close();
+      await new Promise((r) => app.close(r));
+    }
+  });
+
+  it('keeps idle client connections 72 s, longer than the usual 60 s of load balancers in front', async () => {
+    const res = await fetch(`${sidecar.url}/public/keepalive`);
+    await res.arrayBuffer();
+    expect(res.headers.get('keep-alive')).toBe('timeout=72');
   });
 });
 
