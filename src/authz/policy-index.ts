@@ -173,9 +173,10 @@ export function buildPolicyIndex(model: Model, roleFunction = 'g'): PolicyIndex 
   for (const { text, term } of read) {
     if (term?.kind === 'pattern') {
       const match = KEY_MATCH_FUNCTIONS[term.fn];
-      for (const line of policy) {
+      // Generated policies repeat their patterns: each distinct one is compiled once.
+      for (const pattern of new Set(policy.map((line) => line[term.p] ?? ''))) {
         try {
-          match?.('/', line[term.p] ?? '');
+          match?.('/', pattern);
         } catch {
           return undefined;
         }
