@@ -1,10 +1,11 @@
 /**
  * The reverse-proxy front door (`listen`): translates an HTTP request into a WireRequest, asks the engine,
- * and either answers the deny itself or forwards the request with @fastify/http-proxy. Nothing about tokens
- * or policies lives here.
+ * and either answers the deny itself or forwards the request. Nothing about tokens or policies lives here.
+ * Plain HTTP is served by the door's own request listener and forwarded by forward.ts (an undici pool);
+ * WebSocket upgrades go through fastify's routing to @fastify/http-proxy.
  *
- * The canonical path is computed before routing (fastify's rewriteUrl) and becomes the request URL, so the
- * router, the policy and the forwarded request all see the same path: a check on the raw URL followed by a
+ * The canonical path is computed first and is exactly the path decided on and forwarded (for upgrades it
+ * becomes the request URL before routing, in fastify's rewriteUrl): a check on the raw URL followed by a
  * proxy that folds `/./admin` later is the bypass this avoids.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
