@@ -213,9 +213,9 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
   }
 
   /** A problem answer written on the raw response (the plain HTTP path has no fastify reply). */
-  function rawProblem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string, headers: Record<string, string> = {}): void {
+  function rawProblem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string): void {
     const body = JSON.stringify(problemBody(code, detail, requestId));
-    res.writeHead(status, { ...headers, 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)) });
+    res.writeHead(status, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)) });
     res.end(body);
   }
 
