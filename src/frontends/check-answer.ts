@@ -5,10 +5,11 @@
  * after additions (DESIGN.md §3), so a header the sidecar sets is never in the removal list.
  */
 import { randomUUID } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
 import type { HeaderMap } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
 import { decisionProblem, type Decision } from '../core/decision.js';
-import { PROBLEM_CONTENT_TYPE } from '../core/errors.js';
+import { PROBLEM_CONTENT_TYPE, problemBody, type ReasonCode } from '../core/errors.js';
 import type { ForwardedHeaders } from '../core/stages.js';
 
 /** A request id taken from a client when it is a sane token (it goes into logs), else a new one. */
@@ -76,4 +77,15 @@ export function denyAnswer(decision: Decision): DenyAnswer {
     headers: { ...decision.responseHeaders, 'content-type': PROBLEM_CONTENT_TYPE },
     body: JSON.stringify(decisionProblem(decision)),
   };
+}
+
+/** Writes a whole answer on a plain node:http response (the doors that do not answer through fastify). */
+export function writeAnswer(res: ServerResponse, status: number, headers: Readonly<Record<string, string>>, body = ''): void {
+  res.writeHead(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });
+  res.end(body);
+}
+
+/** A problem+json answer of the sidecar's own (not a decision's) on a plain node:http response. */
+export function writeProblem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string): void {
+  writeAnswer(res, status, { 'content-type': PROBLEM_CONTENT_TYPE }, JSON.stringify(problemBody(code, detail, requestId)));
 }

@@ -9,8 +9,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { FastifyBaseLogger } from 'fastify';
 import { headerMap, type HeaderMap, type WireRequest } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
-import { PROBLEM_CONTENT_TYPE, problemBody, type ReasonCode } from '../core/errors.js';
-import { denyAnswer, requestIdOrNew, upstreamChanges, type UpstreamChanges } from './check-answer.js';
+import { denyAnswer, requestIdOrNew, upstreamChanges, writeAnswer, writeProblem, type UpstreamChanges } from './check-answer.js';
 import type { DecisionObserver } from './decision-log.js';
 import { MAX_HEADER_COUNT, refuseConnect, SERVER_OPTIONS, tooManyHeaders } from './proxy.js';
 
@@ -38,15 +37,6 @@ export interface CheckServer {
   close(): Promise<void>;
 }
 
-function answer(res: ServerResponse, status: number, headers: Readonly<Record<string, string>>, body = ''): void {
-  res.writeHead(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });
-  res.end(body);
-}
-
-function problem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string): void {
-  answer(res, status, { 'content-type': PROBLEM_CONTENT_TYPE }, JSON.stringify(problemBody(code, detail, requestId)));
-}
-
 /**
  * A plain node:http server: a check has one route, no body to parse and a short answer, and fastify's
  * routing, hooks and reply machinery cost more per check than the decision itself.
@@ -57,26 +47,26 @@ export function createHttpCheckServer(door: CheckDoor, options: HttpCheckServerO
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const headers = headerMap(Object.entries(req.headersDistinct));
     const requestId = requestIdOrNew(headers['x-request-id']?.[0]);
-    if (tooManyHeaders(req)) return problem(res, 431, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, requestId);
+    if (tooManyHeaders(req)) return writeProblem(res, 431, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, requestId);
     if (Number(req.headers['content-length'] ?? 0) > CHECK_BODY_LIMIT) {
       res.shouldKeepAlive = false;
-      return problem(res, 413, 'BAD_REQUEST', 'the check request body is too large', requestId);
+      return writeProblem(res, 413, 'BAD_REQUEST', 'the check request body is too large', requestId);
     }
     const started = process.hrtime.bigint();
     const original = door.translate({ method: req.method ?? 'GET', url: req.url ?? '/', headers });
-    if ('error' in original) return problem(res, 400, 'BAD_REQUEST', original.error, requestId);
+    if ('error' in original) return writeProblem(res, 400, 'BAD_REQUEST', original.error, requestId);
     const decision = await engine.decide({ ...original, frontDoor: door.frontDoor, headers, requestId });
     options.observe(decision, started, logger);
-    if (decision.outcome === 'allow') return answer(res, 200, door.allowHeaders(upstreamChanges(engine, headers, decision)));
+    if (decision.outcome === 'allow') return writeAnswer(res, 200, door.allowHeaders(upstreamChanges(engine, headers, decision)));
     const deny = denyAnswer(decision);
-    return answer(res, deny.status, deny.headers, deny.body);
+    return writeAnswer(res, deny.status, deny.headers, deny.body);
   }
 
   const server = createServer(SERVER_OPTIONS, (req, res) => {
     // The body is never read: node discards what is left once the answer is sent.
     handle(req, res).catch((err: unknown) => {
       logger.error({ err, requestId: req.headers['x-request-id'] }, 'unexpected error in a check');
-      if (!res.headersSent) problem(res, 500, 'INTERNAL', 'the check request could not be processed', '');
+      if (!res.headersSent) writeProblem(res, 500, 'INTERNAL', 'the check request could not be processed', '');
       else res.destroy();
     });
   });

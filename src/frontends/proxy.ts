@@ -20,7 +20,7 @@ import type { DecisionEngine } from '../core/decide.js';
 import { decisionProblem, type Decision } from '../core/decision.js';
 import { PROBLEM_CONTENT_TYPE, problemBody, REASONS, type ReasonCode } from '../core/errors.js';
 import type { UpstreamAddress } from '../config/address.js';
-import { requestIdOrNew } from './check-answer.js';
+import { denyAnswer, requestIdOrNew, writeAnswer, writeProblem } from './check-answer.js';
 import type { DecisionObserver } from './decision-log.js';
 import type { Metrics } from '../admin/metrics.js';
 import { createForwarder } from './forward.js';
@@ -212,29 +212,20 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     return headers;
   }
 
-  /** A problem answer written on the raw response (the plain HTTP path has no fastify reply). */
-  function rawProblem(res: ServerResponse, status: number, code: ReasonCode, detail: string, requestId: string): void {
-    const body = JSON.stringify(problemBody(code, detail, requestId));
-    res.writeHead(status, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)) });
-    res.end(body);
-  }
-
   /** Plain HTTP: decide, then answer the deny or forward through our own pool (forward.ts). */
   async function proxyHttp(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
     if (closing) {
       // As fastify's return503OnClosing: a request on a kept-alive connection during shutdown.
       res.shouldKeepAlive = false;
-      return rawProblem(res, 503, 'SHUTTING_DOWN', 'the sidecar is shutting down', requestId);
+      return writeProblem(res, 503, 'SHUTTING_DOWN', 'the sidecar is shutting down', requestId);
     }
-    if (tooManyHeaders(req)) return rawProblem(res, 431, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, requestId);
+    if (tooManyHeaders(req)) return writeProblem(res, 431, 'HEADERS_TOO_MANY', `more than ${MAX_HEADER_COUNT - 1} header fields`, requestId);
     const url = req.url ?? '';
     const target = engine.canonicalize(req.method ?? 'GET', url);
     const decision = await authorize(req, url, target, requestId);
     if (decision.outcome !== 'allow' || target === undefined) {
-      const body = JSON.stringify(decisionProblem(decision));
-      res.writeHead(decision.status, { ...decision.responseHeaders, 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)) });
-      res.end(body);
-      return;
+      const deny = denyAnswer(decision);
+      return writeAnswer(res, deny.status, deny.headers, deny.body);
     }
     const query = decision.upstreamQuery;
     // The canonical path, with the query exactly as received minus token parameters.
@@ -256,7 +247,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
         options.logger.warn({ requestId, upstreamError: error.message }, 'upstream request failed');
         const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
         if (!res.writableEnded) {
-          rawProblem(res, REASONS[code].status, code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', requestId);
+          writeProblem(res, REASONS[code].status, code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', requestId);
         }
       },
     });
@@ -267,7 +258,7 @@ export async function createProxyServer(options: ProxyOptions): Promise<FastifyI
     proxyHttp(req, res, requestId).catch((err: unknown) => {
       // Never a stack trace to clients; the log has the error (without headers: they may hold tokens).
       options.logger.error({ err, requestId }, 'unexpected error');
-      if (!res.headersSent) rawProblem(res, 500, 'INTERNAL', 'internal error', requestId);
+      if (!res.headersSent) writeProblem(res, 500, 'INTERNAL', 'internal error', requestId);
       else res.destroy();
     });
   }
