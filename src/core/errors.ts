@@ -38,6 +38,8 @@ export const REASONS = {
   UPSTREAM_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
   BAD_REQUEST: { status: 400, title: 'Bad Request' },
   HEADERS_TOO_MANY: { status: 431, title: 'Request Header Fields Too Large' },
+  BODY_TOO_LARGE: { status: 413, title: 'Content Too Large' },
+  REQUEST_TIMEOUT: { status: 408, title: 'Request Timeout' },
   NOT_FOUND: { status: 404, title: 'Not Found' },
   INTERNAL: { status: 500, title: 'Internal Server Error' },
   SHUTTING_DOWN: { status: 503, title: 'Service Unavailable' },
