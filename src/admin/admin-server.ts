@@ -1,12 +1,14 @@
 /**
  * The admin listener (`admin.listen`, loopback by default): `/healthz` answers while the process runs,
- * `/readyz` only once config, policy and every issuer's keys are loaded (saying what is missing otherwise,
- * and 503 from the moment shutdown begins), `/metrics` in the Prometheus text format.
+ * `/readyz` only once config, policy, every issuer's keys and every front door are ready (saying what is
+ * missing otherwise, and 503 from the moment shutdown begins), `/metrics` in the Prometheus text format.
+ * It is a FrontDoor on the same HTTP shell as the doors, so its refusals are problem+json too.
  */
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger } from 'fastify';
 import type { Readiness } from '../core/decide.js';
+import type { FrontDoor } from '../frontends/front-door.js';
+import { createHttpShell, sendAnswer } from '../frontends/http-shell.js';
 import type { Metrics } from './metrics.js';
-import { PROBLEM_CONTENT_TYPE, problemBody } from '../core/errors.js';
 
 export interface AdminOptions {
   readonly readiness: () => Readiness;
@@ -16,8 +18,9 @@ export interface AdminOptions {
   readonly logger: FastifyBaseLogger;
 }
 
-export function createAdminServer(options: AdminOptions): FastifyInstance {
-  const app = Fastify({ loggerInstance: options.logger, logController: new LogController({ disableRequestLogging: true }) });
+export function createAdminDoor(options: AdminOptions): FrontDoor {
+  const shell = createHttpShell({ logger: options.logger });
+  const app = shell.app;
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const readiness = options.readiness();
@@ -31,8 +34,10 @@ export function createAdminServer(options: AdminOptions): FastifyInstance {
   if (metrics !== undefined) {
     app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
   }
-  app.setNotFoundHandler((request, reply) =>
-    reply.code(404).type(PROBLEM_CONTENT_TYPE).send(problemBody('NOT_FOUND', 'no such admin endpoint', request.id)),
-  );
-  return app;
+  // The admin listener is closed last, after the doors drained, so /readyz answers 503 meanwhile.
+  app.addHook('onRequest', async (request, reply) => {
+    const early = shell.preflight(request);
+    return early === undefined ? undefined : sendAnswer(reply, early);
+  });
+  return shell.door('admin');
 }

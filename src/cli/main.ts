@@ -4,8 +4,6 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/load.js';
-import { startSidecar, type RunningSidecar } from '../sidecar.js';
-import { runDemo } from './demo.js';
 import { policyCheck, policyTest, POLICY_USAGE } from './policy.js';
 import { validate } from './validate.js';
 import { UsageError } from './usage-error.js';
@@ -44,7 +42,10 @@ async function serve(args: string[]): Promise<number> {
   const file = values.config ?? process.env['AUTHZ_SIDECAR_CONFIG'];
   if (file === undefined || file === '') throw new UsageError('serve needs --config FILE (or AUTHZ_SIDECAR_CONFIG)');
   const config = await loadConfig(file);
-  const running: RunningSidecar = await startSidecar(config, { file });
+  // The serving side (fastify, the doors) is loaded only by the commands that serve: `validate` and
+  // `policy` never load it.
+  const { startSidecar } = await import('../sidecar.js');
+  const running = await startSidecar(config, { file });
   // SIGHUP reloads model and policy; a broken one is logged and counted, the last good one keeps serving.
   const onHangup = (): void => void running.reload();
   process.on('SIGHUP', onHangup);
@@ -55,6 +56,7 @@ async function serve(args: string[]): Promise<number> {
 
 async function demo(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
+  const { runDemo } = await import('./demo.js');
   const stop = await runDemo(values.config);
   await closeOnSignal(stop);
   return 0;

@@ -15,7 +15,7 @@ import type { CasbinAuthorizer } from '../authz/casbin-authorizer.js';
 import { ruleKey, type PolicyLine } from '../authz/policy-file.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError, type ConfigIssue } from '../config/load.js';
-import { buildAuthorizer, engineFromParts } from '../sidecar.js';
+import { buildAuthorizer, engineFromParts } from '../engine.js';
 
 export const TEST_ISSUER = 'authz-sidecar-policy-test';
 
@@ -111,6 +111,9 @@ export async function createPolicyEngine(config: Config, file: string): Promise<
           headers,
           peer: request.peer ?? '',
           requestId: randomUUID(),
+          // Decided as the proxy would: the canonical path is what the application would see.
+          rewritesPath: true,
+          removesHeaders: true,
         });
       } finally {
         if (token !== undefined) given.delete(token);

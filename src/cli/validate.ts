@@ -11,7 +11,8 @@ import { newModelFromString } from 'casbin';
 import { parsePolicyText } from '../authz/policy-file.js';
 import { lintPolicy, type Finding } from '../authz/policy-lint.js';
 import { loadConfig, type ConfigIssue } from '../config/load.js';
-import { buildAuthorizer, readAuthnSetup } from '../sidecar.js';
+import { prepareAuthenticators } from '../authn/registry.js';
+import { buildAuthorizer } from '../engine.js';
 import { UsageError } from './usage-error.js';
 
 export async function validate(args: string[]): Promise<number> {
@@ -21,7 +22,7 @@ export async function validate(args: string[]): Promise<number> {
   const config = await loadConfig(file);
 
   const issues: ConfigIssue[] = [];
-  await readAuthnSetup(config, issues);
+  await prepareAuthenticators(config, issues);
   let findings: Finding[] = [];
   try {
     const model = newModelFromString(await readFile(config.authz.model, 'utf8'));

@@ -3,8 +3,6 @@
  * (canonical-path.ts); everything downstream (credentials, policy, the forwarded request) reads only this.
  */
 
-import type { CanonicalTarget } from './canonical-path.js';
-
 export type FrontDoor = 'proxy' | 'extAuthzHttp' | 'extAuthzGrpc' | 'forwardAuth' | 'cli';
 
 /** Header map with lower-case names and every value a header had (two `Authorization` lines are two values). */
@@ -22,10 +20,17 @@ export interface WireRequest {
   readonly peer: string;
   readonly requestId: string;
   /**
-   * The target already canonicalized by the door (the proxy needs it for routing before it decides), from
-   * `engine.canonicalize`; decide() computes it itself when absent.
+   * True when the door itself forwards the canonical path (the proxy). A door that only answers a check
+   * cannot make the application see the canonical path, so paths that would need normalizing are refused
+   * there rather than a form authorized that the application never receives.
    */
-  readonly canonical?: CanonicalTarget | undefined;
+  readonly rewritesPath: boolean;
+  /**
+   * False when the door cannot tell its proxy to remove headers (forward-auth: nginx copies only what it is
+   * told to set). A client's identity or override header would then reach the application unless the proxy
+   * overwrites it, so such a request is refused (400) rather than hoped for.
+   */
+  readonly removesHeaders: boolean;
 }
 
 export interface AccessRequest {

@@ -4,12 +4,15 @@
  * Every path through it ends in a Decision; anything unexpected fails closed (deny), never allow, never a 500.
  */
 import type { AccessRequest, HeaderMap, WireRequest } from './access-request.js';
-import { canonicalizeTarget, type CanonicalTarget, type PathOptions } from './canonical-path.js';
-import { outcomeOf, type Decision } from './decision.js';
+import { canonicalizeTarget, type PathOptions } from './canonical-path.js';
+import { NO_UPSTREAM_CHANGES, outcomeOf, problemAnswer, type ClientAnswer, type Decision, type UpstreamChanges } from './decision.js';
 import { AuthzSidecarError, REASONS, type ReasonCode, type ReasonSpec } from './errors.js';
 import type { Identity } from './identity.js';
 import type { IdentityHeaders } from './identity-headers.js';
 import type { Authenticator, Authorizer, CredentialExtractor, ForwardedHeaders, IdentityMapper } from './stages.js';
+
+/** The answer of an allowed request: nothing for the client beyond the application's own answer. */
+const ALLOW_ANSWER: ClientAnswer = Object.freeze({ status: 200, headers: Object.freeze({}), body: '' });
 
 export const DEFAULT_REALM = 'authz-sidecar';
 
@@ -37,18 +40,9 @@ export interface Readiness {
   readonly missing: readonly string[];
 }
 
+/** The engine's whole public surface: doors call decide() and render the Decision. */
 export interface DecisionEngine {
   decide(wire: WireRequest): Promise<Decision>;
-  /** The canonical path rules with this engine's options; undefined when the target must be rejected. */
-  canonicalize(method: string, target: string): CanonicalTarget | undefined;
-  /** Doors use this to strip spoofed identity headers from what they forward, on every route. */
-  isClientIdentityHeader(name: string): boolean;
-  /** Every identity and override header name the sidecar owns (see IdentityHeaders.names). */
-  readonly identityHeaderNames: readonly string[];
-  /** Removes the credentials (unless forwardToken) from the headers of an allowed request about to be forwarded. */
-  scrubHeadersForUpstream(headers: ForwardedHeaders): void;
-  /** Header names that carry tokens (for doors that list headers to remove, like ext_authz). */
-  readonly tokenHeaders: readonly string[];
   readiness(): Readiness;
   close(): void;
 }
@@ -74,10 +68,10 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     policyRequest?: readonly string[],
   ): Decision {
     const spec: ReasonSpec = REASONS[reason];
-    const responseHeaders: Record<string, string> = {};
+    const challenge: Record<string, string> = {};
     if (spec.status === 401 || spec.bearerError !== undefined) {
       // RFC 6750 §3: a bare challenge when no credentials came, error and description when they were bad.
-      responseHeaders['www-authenticate'] =
+      challenge['www-authenticate'] =
         spec.bearerError === undefined
           ? `Bearer realm="${realm}"`
           : `Bearer realm="${realm}", error="${spec.bearerError}", error_description="${quoted(detail)}"`;
@@ -91,27 +85,82 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       identity,
       policy,
       policyRequest,
-      responseHeaders,
-      upstreamHeaders: {},
-      upstreamQuery: undefined,
+      upstream: NO_UPSTREAM_CHANGES,
+      answer: problemAnswer(reason, detail, requestId, challenge),
       requestId,
     };
   }
 
-  function withoutIdentityHeaders(headers: HeaderMap): HeaderMap {
-    const out: Record<string, readonly string[]> = Object.create(null) as Record<string, readonly string[]>;
+  /**
+   * The headers with every client identity and override header taken out: the only place they are
+   * stripped. The names seen go into the decision's removal list, so every door drops them upstream.
+   */
+  function splitIdentityHeaders(headers: HeaderMap): { clean: HeaderMap; spoofed: string[] } {
+    const clean: Record<string, readonly string[]> = Object.create(null) as Record<string, readonly string[]>;
+    const spoofed: string[] = [];
     for (const name of Object.keys(headers)) {
       const values = headers[name];
-      if (values !== undefined && !identityHeaders.isClientIdentityHeader(name)) out[name] = values;
+      if (values === undefined) continue;
+      if (identityHeaders.isClientIdentityHeader(name)) spoofed.push(name);
+      else clean[name] = values;
     }
-    return out;
+    return { clean, spoofed };
+  }
+
+  /** Identity headers of an identity, with the owned header names it does not set (to remove upstream). */
+  interface Rendered {
+    readonly set: Readonly<Record<string, string>>;
+    readonly remove: readonly string[];
+  }
+
+  function render(identity: Identity): Rendered | undefined {
+    const set = identityHeaders.render(identity);
+    if (set === undefined) return undefined;
+    return Object.freeze({ set: Object.freeze(set), remove: Object.freeze(identityHeaders.names.filter((n) => !(n in set))) });
+  }
+
+  /**
+   * What the forwarded request must lose or gain besides the identity headers: client identity headers
+   * seen, token headers and token cookies (unless forwardToken), token query parameters.
+   */
+  function upstreamChanges(request: AccessRequest, headers: HeaderMap, spoofed: readonly string[], rendered: Rendered): UpstreamChanges {
+    let set = rendered.set;
+    const extra: string[] = [];
+    for (const name of spoofed) if (!(name in set)) extra.push(name);
+    if (!options.forwardToken) {
+      const cookie = headers['cookie'];
+      const scratch: ForwardedHeaders = {};
+      let present = false;
+      for (const name of credentials.tokenHeaders) {
+        if (headers[name] !== undefined) {
+          scratch[name] = '';
+          present = true;
+        }
+      }
+      const joined = cookie?.join('; ');
+      if (joined !== undefined) scratch['cookie'] = joined;
+      if (present || joined !== undefined) {
+        credentials.scrubHeaders(scratch);
+        for (const name of credentials.tokenHeaders) if (headers[name] !== undefined && scratch[name] === undefined) extra.push(name);
+        const after = scratch['cookie'];
+        if (joined !== undefined && after === undefined) extra.push('cookie');
+        else if (typeof after === 'string' && after !== joined) set = { ...set, cookie: after };
+      }
+    }
+    const query = options.forwardToken ? request.query : credentials.scrubQuery(request.query);
+    return {
+      set,
+      remove: extra.length === 0 ? rendered.remove : [...rendered.remove, ...extra],
+      query,
+      removeQuery: query === request.query ? [] : droppedNames(request.query, query),
+    };
   }
 
   type Mapped = { ok: true; identity: Identity } | { ok: false; reason: ReasonCode; detail: string };
   // Authenticators hand out the same claims object for every request with a cached token: the identity
   // mapped from it (and its headers) is remembered with it, and goes when the token leaves the cache.
   const mapped = new WeakMap<object, { readonly issuer: string; readonly result: Mapped }>();
-  const rendered = new WeakMap<Identity, Record<string, string> | undefined>();
+  const rendered = new WeakMap<Identity, Rendered | undefined>();
 
   async function authenticate(token: string): Promise<Mapped> {
     for (const authenticator of authenticators) {
@@ -131,19 +180,20 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     const { requestId } = wire;
     // RFC 9112 §3.2: a request with more than one Host header is invalid (which host was authorized?).
     if ((wire.headers['host']?.length ?? 0) > 1) return deny('BAD_REQUEST', 'the request has more than one Host header', requestId, undefined);
+    const { clean, spoofed } = splitIdentityHeaders(wire.headers);
+    if (!wire.removesHeaders && spoofed.length > 0) {
+      return deny('BAD_REQUEST', `the request carries ${spoofed[0] ?? ''}, a header only the sidecar may set`, requestId, undefined);
+    }
     let request: AccessRequest;
     try {
-      // Doors that only answer a check cannot make the application see the canonical path: they refuse
-      // paths that would need normalizing rather than authorize a form the application never receives.
-      const strictSegments = wire.frontDoor !== 'proxy' && wire.frontDoor !== 'cli';
-      const target = wire.canonical ?? canonicalizeTarget(wire.method, wire.target, strictSegments ? strictPaths : options.paths);
+      const target = canonicalizeTarget(wire.method, wire.target, wire.rewritesPath ? options.paths : strictPaths);
       request = {
         frontDoor: wire.frontDoor,
         method: wire.method,
         path: target.path,
         query: target.query,
         host: (target.authority ?? wire.host).toLowerCase(),
-        headers: withoutIdentityHeaders(wire.headers),
+        headers: clean,
         peer: wire.peer,
         requestId,
       };
@@ -183,13 +233,12 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
         : deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy, policyRequest);
     }
 
-    let upstreamHeaders = rendered.get(identity);
-    if (upstreamHeaders === undefined && !rendered.has(identity)) {
-      upstreamHeaders = identityHeaders.render(identity);
-      if (upstreamHeaders !== undefined) Object.freeze(upstreamHeaders);
-      rendered.set(identity, upstreamHeaders);
+    let headers = rendered.get(identity);
+    if (headers === undefined && !rendered.has(identity)) {
+      headers = render(identity);
+      rendered.set(identity, headers);
     }
-    if (upstreamHeaders === undefined) {
+    if (headers === undefined) {
       return deny('IDENTITY_UNRENDERABLE', 'the identity cannot be rendered as headers', requestId, request, identity);
     }
     return {
@@ -201,31 +250,15 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       identity,
       policy,
       policyRequest,
-      responseHeaders: {},
-      upstreamHeaders,
-      upstreamQuery: options.forwardToken ? request.query : credentials.scrubQuery(request.query),
+      upstream: upstreamChanges(request, wire.headers, spoofed, headers),
+      answer: ALLOW_ANSWER,
       dryRunDenied,
       requestId,
     };
   }
 
-
   return {
     decide,
-    canonicalize(method: string, target: string): CanonicalTarget | undefined {
-      try {
-        return canonicalizeTarget(method, target, options.paths);
-      } catch (err) {
-        if (err instanceof AuthzSidecarError) return undefined;
-        throw err;
-      }
-    },
-    isClientIdentityHeader: (name) => identityHeaders.isClientIdentityHeader(name),
-    identityHeaderNames: identityHeaders.names,
-    scrubHeadersForUpstream: (headers) => {
-      if (!options.forwardToken) credentials.scrubHeaders(headers);
-    },
-    tokenHeaders: credentials.tokenHeaders,
     readiness(): Readiness {
       const missing = [...authenticators.flatMap((a) => a.missing()), ...authorizer.missing()];
       return { ready: missing.length === 0, missing };
@@ -234,4 +267,12 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       for (const a of authenticators) a.close();
     },
   };
+}
+
+/** The names of the query parameters in `before` that are not in `after`. */
+function droppedNames(before: string | undefined, after: string | undefined): string[] {
+  const names = (query: string | undefined): string[] =>
+    query === undefined || query === '' ? [] : query.split('&').map((pair) => (pair.includes('=') ? pair.slice(0, pair.indexOf('=')) : pair));
+  const kept = new Set(names(after));
+  return [...new Set(names(before))].filter((n) => !kept.has(n));
 }

@@ -1,12 +1,38 @@
 /**
- * Decision: the outcome of `decide()`, independent of any transport. Each front door renders it: the proxy
- * as a forwarded request or an error answer, ext_authz as a CheckResponse, and so on.
+ * Decision: the outcome of `decide()`, independent of any transport, and complete: what to change on the
+ * forwarded request and what to answer the client. Each front door only renders it (the proxy as a
+ * forwarded request or an error answer, ext_authz as a CheckResponse, forward-auth as 200 or the deny),
+ * never calling back into the engine.
  */
 import type { AccessRequest } from './access-request.js';
-import { problemBody, REASONS, type ProblemBody, type ReasonCode } from './errors.js';
+import { PROBLEM_CONTENT_TYPE, problemBody, REASONS, type ReasonCode } from './errors.js';
 import type { Identity } from './identity.js';
 
 export type Outcome = 'allow' | 'unauthenticated' | 'forbidden' | 'unavailable' | 'badRequest';
+
+/** What to change on the request the proxy forwards to the application (allow only; empty on a deny). */
+export interface UpstreamChanges {
+  /** Headers to set, overwriting a client's copy: the identity headers, a rewritten Cookie. */
+  readonly set: Readonly<Record<string, string>>;
+  /**
+   * Headers to remove (lower-case), never one in `set` (Envoy applies removals after additions): every
+   * identity and override header the sidecar owns, each client identity header seen, and the token headers
+   * unless forwardToken.
+   */
+  readonly remove: readonly string[];
+  /** The query to forward: as received, less token parameters unless forwardToken; undefined when none. */
+  readonly query: string | undefined;
+  /** Names of the query parameters dropped from `query` (for doors that remove them by name). */
+  readonly removeQuery: readonly string[];
+}
+
+/** The answer for the client: a deny's status, headers (WWW-Authenticate) and problem body; 200 on allow. */
+export interface ClientAnswer {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  /** The RFC 9457 problem+json body of a deny; '' on allow. */
+  readonly body: string;
+}
 
 export interface Decision {
   readonly outcome: Outcome;
@@ -21,12 +47,8 @@ export interface Decision {
   readonly policy: readonly string[] | undefined;
   /** The request tuple the policy was asked about (Casbin's `r`), when the policy was asked. */
   readonly policyRequest: readonly string[] | undefined;
-  /** Headers for the client answer (WWW-Authenticate on 401). */
-  readonly responseHeaders: Readonly<Record<string, string>>;
-  /** Identity headers to set on the forwarded request (allow only). */
-  readonly upstreamHeaders: Readonly<Record<string, string>>;
-  /** The query to forward on allow: as received, less token parameters unless forwardToken. */
-  readonly upstreamQuery: string | undefined;
+  readonly upstream: UpstreamChanges;
+  readonly answer: ClientAnswer;
   /** In dry-run mode: the policy denied this request (this reason), but it is let through. */
   readonly dryRunDenied?: ReasonCode | undefined;
   readonly requestId: string;
@@ -48,7 +70,16 @@ export function outcomeOf(reason: ReasonCode): Outcome {
   }
 }
 
-/** The RFC 9457 body every front door sends with a deny. */
-export function decisionProblem(decision: Decision): ProblemBody {
-  return problemBody(decision.reason, decision.detail, decision.requestId);
+export const NO_UPSTREAM_CHANGES: UpstreamChanges = Object.freeze({ set: Object.freeze({}), remove: Object.freeze([]), query: undefined, removeQuery: Object.freeze([]) });
+
+/**
+ * The problem+json answer of a reason code: the one place where a status and a body are put together, so
+ * the two always agree. Every refusal of every door (decisions and the sidecar's own) is built here.
+ */
+export function problemAnswer(code: ReasonCode, detail: string, requestId?: string, headers: Readonly<Record<string, string>> = {}): ClientAnswer {
+  return {
+    status: REASONS[code].status,
+    headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE },
+    body: JSON.stringify(problemBody(code, detail, requestId)),
+  };
 }

@@ -72,17 +72,47 @@ export function problemBody(code: ReasonCode, detail: string, requestId?: string
 }
 
 /**
+ * Codes of the errors that stop a start, a reload or a command (as jose's `JOSEError.code` and fastify's
+ * `FST_ERR_*`), beside the reason codes above that refusals carry. Each names what went wrong.
+ */
+export const ERROR_CODES = {
+  /** The config file cannot be read, is not YAML, or fails the schema (ConfigError). */
+  CONFIG_INVALID: 'the configuration is invalid',
+  /** The Casbin model or policy cannot be read or loaded, or fails the lint (PolicyLoadError). */
+  POLICY_INVALID: 'the model or policy cannot be loaded',
+  /** No key set of an issuer could be fetched yet (KeysUnavailableError); a 503, never an allow. */
+  KEYS_UNAVAILABLE: 'the keys of the token issuer are unavailable',
+  /** The command line is wrong (UsageError); the CLI prints its usage and exits 2. */
+  USAGE: 'bad command-line usage',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/**
+ * The base of every error of ours: a stable `code` to switch on, a message for people, and the library
+ * error behind it as `cause` (jose, openid-client, casbin, yaml, fs), so that nothing is lost in the
+ * wrapping. Messages never hold a token, a secret or a claim set.
+ */
+export class SidecarError<C extends string = ErrorCode | ReasonCode> extends Error {
+  readonly code: C;
+
+  constructor(code: C, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SidecarError';
+    this.code = code;
+  }
+}
+
+/**
  * A run-time failure with a stable code (bad input, an unreachable IdP). Caller mistakes at build time are
  * TypeErrors instead. `detail` is safe to show to a client: never a token, a secret or claims.
  */
-export class AuthzSidecarError extends Error {
-  readonly code: ReasonCode;
+export class AuthzSidecarError extends SidecarError<ReasonCode> {
   readonly detail: string;
 
   constructor(code: ReasonCode, detail: string, options?: { cause?: unknown }) {
-    super(`${code}: ${detail}`, options);
+    super(code, `${code}: ${detail}`, options);
     this.name = 'AuthzSidecarError';
-    this.code = code;
     this.detail = detail;
   }
 

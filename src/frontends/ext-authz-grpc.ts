@@ -16,18 +16,18 @@ import * as protoLoader from '@grpc/proto-loader';
 import type { FastifyBaseLogger } from 'fastify';
 import { headerMap, type HeaderMap } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
-import type { Decision } from '../core/decision.js';
-import { problemBody } from '../core/errors.js';
-import { checkRequestId, denyAnswer, upstreamChanges } from './check-answer.js';
-import type { DecisionObserver } from './decision-log.js';
+import { problemAnswer, type ClientAnswer, type Decision } from '../core/decision.js';
+import type { ReasonCode } from '../core/errors.js';
+import type { DecisionObserver, FrontDoor } from './front-door.js';
+import { requestIdOrNew } from './request-id.js';
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
 /** How often Health/Watch streams look for a change of readiness. */
 const HEALTH_WATCH_INTERVAL_MS = 1_000;
 
-/** gRPC status codes (google.rpc.Code) for each HTTP status of a decision. */
-const GRPC_CODE: Readonly<Record<number, number>> = { 200: 0, 400: 3, 401: 16, 403: 7, 503: 14 };
-const GRPC_UNAVAILABLE = 14;
+/** gRPC status codes (google.rpc.Code) for each HTTP status of an answer; UNKNOWN (2) for any other. */
+const GRPC_CODE: Readonly<Record<number, number>> = { 200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 408: 4, 413: 8, 431: 8, 500: 13, 502: 14, 503: 14, 504: 4 };
+const GRPC_UNKNOWN = 2;
 
 interface HeaderValueOption {
   header: { key: string; value: string };
@@ -63,12 +63,6 @@ export interface ExtAuthzGrpcOptions {
   readonly observe: DecisionObserver;
 }
 
-export interface GrpcServer {
-  /** Binds `host:port` or `unix:/path`; resolves with the bound address (real port when 0). */
-  listen(address: string): Promise<string>;
-  close(): Promise<void>;
-}
-
 function overwrite(key: string, value: string): HeaderValueOption {
   return { header: { key, value }, append: { value: false }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' };
 }
@@ -84,30 +78,32 @@ function headersOf(http: NonNullable<NonNullable<NonNullable<CheckRequest['attri
   return headerMap(entries);
 }
 
-function render(decision: Decision, engine: DecisionEngine, headers: HeaderMap): CheckResponse {
-  if (decision.outcome === 'allow') {
-    const changes = upstreamChanges(engine, headers, decision);
-    return {
-      status: { code: 0 },
-      ok_response: {
-        headers: Object.entries(changes.set).map(([k, v]) => overwrite(k, v)),
-        headers_to_remove: [...changes.remove],
-        query_parameters_to_remove: [...changes.removeQuery],
-      },
-    };
-  }
-  const deny = denyAnswer(decision);
+/** The denied CheckResponse of an answer: the one gRPC problem writer, so status and body always agree. */
+function denied(answer: ClientAnswer, reason: ReasonCode): CheckResponse {
   return {
-    status: { code: GRPC_CODE[deny.status] ?? GRPC_UNAVAILABLE, message: decision.reason },
+    status: { code: GRPC_CODE[answer.status] ?? GRPC_UNKNOWN, message: reason },
     denied_response: {
-      status: { code: deny.status },
-      headers: Object.entries(deny.headers).map(([k, v]) => overwrite(k, v)),
-      body: deny.body,
+      status: { code: answer.status },
+      headers: Object.entries(answer.headers).map(([k, v]) => overwrite(k, v)),
+      body: answer.body,
     },
   };
 }
 
-export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServer {
+function render(decision: Decision): CheckResponse {
+  if (decision.outcome !== 'allow') return denied(decision.answer, decision.reason);
+  const { set, remove, removeQuery } = decision.upstream;
+  return {
+    status: { code: 0 },
+    ok_response: {
+      headers: Object.entries(set).map(([k, v]) => overwrite(k, v)),
+      headers_to_remove: [...remove],
+      query_parameters_to_remove: [...removeQuery],
+    },
+  };
+}
+
+export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor {
   const { engine, logger } = options;
   const definitions = protoLoader.loadSync(['envoy/service/auth/v3/external_auth.proto', 'grpc/health/v1/health.proto'], {
     includeDirs: [PROTO_DIR],
@@ -126,11 +122,7 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
     const started = process.hrtime.bigint();
     const http = request.attributes?.request?.http;
     if (http === undefined || typeof http.path !== 'string' || http.path === '' || typeof http.method !== 'string' || http.method === '') {
-      const body = JSON.stringify(problemBody('BAD_REQUEST', 'the check request has no HTTP method and path'));
-      return {
-        status: { code: 3, message: 'BAD_REQUEST' },
-        denied_response: { status: { code: 400 }, headers: [overwrite('content-type', 'application/problem+json')], body },
-      };
+      return denied(problemAnswer('BAD_REQUEST', 'the check request has no HTTP method and path'), 'BAD_REQUEST');
     }
     const headers = headersOf(http);
     const decision = await engine.decide({
@@ -140,10 +132,13 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
       host: http.host ?? headers[':authority']?.[0] ?? '',
       headers,
       peer: request.attributes?.source?.principal ?? '',
-      requestId: checkRequestId(headers, http.id),
+      // The original request's x-request-id when sane, else Envoy's request id, else a new one.
+      requestId: requestIdOrNew(headers['x-request-id']?.[0] ?? http.id),
+      rewritesPath: false,
+      removesHeaders: true,
     });
-    options.observe(decision, started, logger);
-    return render(decision, engine, headers);
+    options.observe(decision, started);
+    return render(decision);
   }
 
   const server = new grpc.Server();
@@ -154,15 +149,17 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
         (err: unknown) => {
           // Never allow on a bug, and never a gRPC error (Envoy's failure_mode_allow could let it through).
           logger.error({ err }, 'unexpected error in a gRPC check');
-          const body = JSON.stringify(problemBody('INTERNAL', 'internal error'));
-          callback(null, { status: { code: GRPC_UNAVAILABLE }, denied_response: { status: { code: 503 }, headers: [], body } });
+          callback(null, denied(problemAnswer('INTERNAL', 'internal error'), 'INTERNAL'));
         },
       );
     },
   });
 
-  const servingStatus = (): 'SERVING' | 'NOT_SERVING' => (engine.readiness().ready ? 'SERVING' : 'NOT_SERVING');
-  const watchers = new Set<NodeJS.Timeout>();
+  let listening = false;
+  let draining = false;
+  const servingStatus = (): 'SERVING' | 'NOT_SERVING' => (!draining && engine.readiness().ready ? 'SERVING' : 'NOT_SERVING');
+  /** Open Health/Watch streams: told NOT_SERVING and ended when the drain begins (they never end by themselves). */
+  const watchers = new Map<grpc.ServerWritableStream<unknown, { status: string }>, NodeJS.Timeout>();
   server.addService(loaded.grpc.health.v1.Health.service, {
     Check(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<{ status: string }>): void {
       callback(null, { status: servingStatus() });
@@ -170,31 +167,66 @@ export function createExtAuthzGrpcServer(options: ExtAuthzGrpcOptions): GrpcServ
     Watch(call: grpc.ServerWritableStream<unknown, { status: string }>): void {
       let last = servingStatus();
       call.write({ status: last });
+      if (draining) {
+        call.end();
+        return;
+      }
       const timer = setInterval(() => {
         const now = servingStatus();
         if (now !== last) call.write({ status: now });
         last = now;
       }, HEALTH_WATCH_INTERVAL_MS);
-      watchers.add(timer);
+      watchers.set(call, timer);
       call.on('cancelled', () => {
         clearInterval(timer);
-        watchers.delete(timer);
+        watchers.delete(call);
       });
     },
   });
 
+  async function drain(deadline: number): Promise<void> {
+    draining = true;
+    // Watch streams learn that this server stops serving, then end: grpc-js's tryShutdown waits for every
+    // open call, and a Watch stream never ends by itself. In-flight checks finish; at the deadline the rest
+    // are cancelled.
+    for (const [call, timer] of watchers) {
+      clearInterval(timer);
+      call.write({ status: 'NOT_SERVING' });
+      call.end();
+    }
+    watchers.clear();
+    if (!listening) {
+      server.forceShutdown();
+      return;
+    }
+    await new Promise<void>((resolve) => {
+      const cut = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, Math.max(0, deadline - Date.now()));
+      server.tryShutdown(() => {
+        clearTimeout(cut);
+        resolve();
+      });
+    });
+    listening = false;
+  }
+
   return {
+    name: 'extAuthzGrpc',
     listen: (address) =>
       new Promise((resolve, reject) => {
         server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
-          if (err) reject(err);
-          else resolve(address.startsWith('unix:') ? address : address.replace(/:\d+$/, `:${port}`));
+          if (err) {
+            reject(err);
+            return;
+          }
+          listening = true;
+          resolve(address.startsWith('unix:') ? address : address.replace(/:\d+$/, `:${port}`));
         });
       }),
-    close: () =>
-      new Promise((resolve) => {
-        for (const timer of watchers) clearInterval(timer);
-        server.tryShutdown(() => resolve());
-      }),
+    ready: () => listening && !draining,
+    drain,
+    close: () => drain(Date.now()),
   };
 }

@@ -5,17 +5,19 @@
  * `x-envoy-auth-headers-to-remove` for the token and spoofed identity headers, or the deny itself
  * (status, WWW-Authenticate, problem body), which Envoy passes to the client.
  */
-import { createHttpCheckServer, type CheckServer, type HttpCheckServerOptions } from './http-check-server.js';
+import type { FrontDoor } from './front-door.js';
+import { createHttpCheckDoor, type HttpCheckDoorOptions } from './http-check-door.js';
 
-export function createExtAuthzHttpServer(options: HttpCheckServerOptions & { readonly pathPrefix: string }): CheckServer {
+export function createExtAuthzHttpDoor(options: HttpCheckDoorOptions & { readonly pathPrefix: string }): FrontDoor {
   const prefix = options.pathPrefix;
-  return createHttpCheckServer(
+  return createHttpCheckDoor(
     {
-      frontDoor: 'extAuthzHttp',
+      name: 'extAuthzHttp',
+      removesHeaders: true,
       translate({ method, url, headers }) {
         if (!url.startsWith(prefix)) return { error: `the check path does not start with the configured pathPrefix` };
         const target = url.slice(prefix.length);
-        return { method, target: target.startsWith('/') ? target : `/${target}`, host: headers['host']?.[0] ?? '', peer: '' };
+        return { method, target: target.startsWith('/') ? target : `/${target}`, host: headers['host']?.[0] ?? '' };
       },
       allowHeaders(changes) {
         const headers: Record<string, string> = { ...changes.set };

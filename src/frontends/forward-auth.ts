@@ -2,11 +2,13 @@
  * Forward-auth (`extAuthz.forwardAuth`): nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`.
  * The original request comes from `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host` (Traefik,
  * Caddy) or `X-Original-Method`, `X-Original-URI` (nginx). These headers are trusted only here: bind this
- * listener to loopback or a pod-internal address, where only the proxy can reach it. Exactly one family must be present, each header once. The answer is 200 with the identity headers for
+ * listener to loopback or a pod-internal address, where only the proxy can reach it. Exactly one family must be
+ * present, each header once. The answer is 200 with the identity headers for
  * the proxy to copy upstream, or 401/403 (nginx turns any other status into 500).
  */
 import type { HeaderMap } from '../core/access-request.js';
-import { createHttpCheckServer, type CheckServer, type HttpCheckServerOptions } from './http-check-server.js';
+import type { FrontDoor } from './front-door.js';
+import { createHttpCheckDoor, type HttpCheckDoorOptions } from './http-check-door.js';
 
 const FORWARDED = ['x-forwarded-method', 'x-forwarded-uri'] as const;
 const ORIGINAL = ['x-original-method', 'x-original-uri'] as const;
@@ -17,7 +19,7 @@ const ORIGINAL = ['x-original-method', 'x-original-uri'] as const;
  * client may have added the other family to get a different request checked (through nginx, a client's
  * own X-Forwarded-Uri would otherwise be read instead of nginx's X-Original-URI). 400, never a guess.
  */
-function original(headers: HeaderMap): { method: string; target: string; host: string | undefined } | { error: string } {
+function original(headers: HeaderMap): { method: string; target: string; host: string } | { error: string } {
   const present = (names: readonly string[]): boolean => names.some((n) => headers[n] !== undefined);
   const hasForwarded = present(FORWARDED);
   const hasOriginal = present(ORIGINAL);
@@ -35,22 +37,17 @@ function original(headers: HeaderMap): { method: string; target: string; host: s
   if (method === undefined || target === undefined) {
     return { error: `forward-auth needs ${methodName} and ${uriName}` };
   }
-  return { method, target, host };
+  return { method, target, host: host ?? '' };
 }
 
-export function createForwardAuthServer(options: HttpCheckServerOptions): CheckServer {
-  return createHttpCheckServer(
+export function createForwardAuthDoor(options: HttpCheckDoorOptions): FrontDoor {
+  return createHttpCheckDoor(
     {
-      frontDoor: 'forwardAuth',
-      translate({ headers }) {
-        // The answer cannot tell the proxy to remove headers: a client's identity or override header would
-        // reach the app unless the proxy overwrites it. Refuse such requests rather than hope it does.
-        const spoofed = Object.keys(headers).find((name) => options.engine.isClientIdentityHeader(name));
-        if (spoofed !== undefined) return { error: `the request carries ${spoofed}, a header only the sidecar may set` };
-        const o = original(headers);
-        if ('error' in o) return o;
-        return { method: o.method, target: o.target, host: o.host ?? '', peer: '' };
-      },
+      name: 'forwardAuth',
+      // The answer cannot tell the proxy to remove headers: a client's identity or override header would
+      // reach the app unless the proxy overwrites it, so the engine refuses such requests.
+      removesHeaders: false,
+      translate: ({ headers }) => original(headers),
       allowHeaders: (changes) => ({ ...changes.set }),
     },
     options,

@@ -62,7 +62,7 @@ describe('decide() on random targets', () => {
       identityHeaders: createIdentityHeaders({ prefix: 'x-auth-', subject: 'x-auth-subject', issuer: 'x-auth-issuer', roles: 'x-auth-roles', scopes: 'x-auth-scopes', claims: {} }),
       forwardToken: false,
     });
-    const wire = (t: string, frontDoor: 'proxy' | 'forwardAuth') => ({ frontDoor, method: 'GET', target: t, host: 'h', headers: {}, peer: '', requestId: 'r' });
+    const wire = (t: string, frontDoor: 'proxy' | 'forwardAuth') => ({ frontDoor, method: 'GET', target: t, host: 'h', headers: {}, peer: '', requestId: 'r', rewritesPath: frontDoor === 'proxy', removesHeaders: true });
     // Independent oracles of how servers behind a proxy resolve a raw path.
     const whatwg = (t: string): string => decodeURIComponent(new URL(t, 'http://app.internal').pathname);
     const nginxLike = (t: string): string => whatwg((t.split('?', 1)[0] ?? '').replace(/\/{2,}/g, '/'));

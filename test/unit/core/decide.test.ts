@@ -92,7 +92,7 @@ async function engine(options: EngineOptions = {}): Promise<DecisionEngine> {
 }
 
 function wire(target: string, headers: Array<[string, string | string[]]> = [], method = 'GET'): WireRequest {
-  return { frontDoor: 'proxy', method, target, host: 'orders.example.com', headers: headerMap(headers), peer: '', requestId: 'req-1' };
+  return { frontDoor: 'proxy', method, target, host: 'orders.example.com', headers: headerMap(headers), peer: '', requestId: 'req-1', rewritesPath: true, removesHeaders: true };
 }
 
 function bearer(t: string): [string, string] {
@@ -107,8 +107,8 @@ describe('decide: allow', () => {
     expect(d.status).toBe(200);
     expect(d.reason).toBe('ALLOWED');
     expect(d.policy).toEqual(['role:reader', '/orders/:id', 'GET']);
-    expect(d.responseHeaders).toEqual({});
-    expect(d.upstreamHeaders).toEqual({
+    expect(d.answer.headers).toEqual({});
+    expect(d.upstream.set).toEqual({
       'x-auth-subject': 'alice',
       'x-auth-issuer': ISSUER,
       'x-auth-roles': 'reader',
@@ -125,7 +125,7 @@ describe('decide: allow', () => {
     const d = await e.decide(wire('/public/../orders/./42', [bearer(await token({ roles: ['admin'] }))], 'HEAD'));
     expect(d.outcome).toBe('allow');
     expect(d.request?.path).toBe('/orders/42');
-    expect(d.upstreamHeaders['x-auth-roles']).toBe('admin');
+    expect(d.upstream.set['x-auth-roles']).toBe('admin');
   });
 
   it('allows anonymous where the policy allows it, with no identity headers', async () => {
@@ -133,7 +133,7 @@ describe('decide: allow', () => {
     const d = await e.decide(wire('/public/logo.png'));
     expect(d.outcome).toBe('allow');
     expect(d.identity?.anonymous).toBe(true);
-    expect(d.upstreamHeaders).toEqual({});
+    expect(d.upstream.set).toEqual({});
   });
 });
 
@@ -144,14 +144,16 @@ describe('decide: unauthenticated', () => {
     expect(d.outcome).toBe('unauthenticated');
     expect(d.status).toBe(401);
     expect(d.reason).toBe('CREDENTIALS_MISSING');
-    expect(d.responseHeaders).toEqual({ 'www-authenticate': 'Bearer realm="authz-sidecar"' });
-    expect(d.upstreamHeaders).toEqual({});
+    expect(d.answer.headers).toEqual({ 'www-authenticate': 'Bearer realm="authz-sidecar"', 'content-type': 'application/problem+json' });
+    expect(d.answer.status).toBe(401);
+    expect(JSON.parse(d.answer.body)).toMatchObject({ status: 401, code: 'CREDENTIALS_MISSING' });
+    expect(d.upstream.set).toEqual({});
   });
 
   it('uses the configured realm, stripped of quotes', async () => {
     const e = await engine({ realm: 'orders "api"' });
     const d = await e.decide(wire('/orders/42'));
-    expect(d.responseHeaders['www-authenticate']).toBe('Bearer realm="orders api"');
+    expect(d.answer.headers['www-authenticate']).toBe('Bearer realm="orders api"');
   });
 
   // Each token is invalid; /public/* is open to anonymous, so a downgrade to anonymous would allow.
@@ -172,11 +174,11 @@ describe('decide: unauthenticated', () => {
     expect(d.outcome).toBe('unauthenticated');
     expect(d.status).toBe(401);
     expect(d.reason).toBe(reason);
-    const challenge = d.responseHeaders['www-authenticate'];
+    const challenge = d.answer.headers['www-authenticate'];
     expect(challenge).toMatch(/^Bearer realm="authz-sidecar", error="invalid_token", error_description="[^"]*"$/);
     expect(challenge).not.toContain(t);
     expect(d.detail).not.toContain(t);
-    expect(d.upstreamHeaders).toEqual({});
+    expect(d.upstream.set).toEqual({});
   });
   it('an allowed identity that cannot be rendered as headers is a 401, not a 500', async () => {
     const e = await engine();
@@ -184,8 +186,8 @@ describe('decide: unauthenticated', () => {
     expect(d.outcome).toBe('unauthenticated');
     expect(d.status).toBe(401);
     expect(d.reason).toBe('IDENTITY_UNRENDERABLE');
-    expect(d.responseHeaders['www-authenticate']).toContain('error="invalid_token"');
-    expect(d.upstreamHeaders).toEqual({});
+    expect(d.answer.headers['www-authenticate']).toContain('error="invalid_token"');
+    expect(d.upstream.set).toEqual({});
   });
 });
 
@@ -196,8 +198,9 @@ describe('decide: forbidden', () => {
     expect(d.outcome).toBe('forbidden');
     expect(d.status).toBe(403);
     expect(d.reason).toBe('POLICY_DENIED');
-    expect(d.responseHeaders).toEqual({});
-    expect(d.upstreamHeaders).toEqual({});
+    expect(d.answer.headers).toEqual({ 'content-type': 'application/problem+json' });
+    expect(JSON.parse(d.answer.body)).toMatchObject({ status: 403, code: 'POLICY_DENIED', requestId: 'req-1' });
+    expect(d.upstream.set).toEqual({});
     expect(d.identity?.subject).toBe('alice');
   });
 
@@ -213,7 +216,7 @@ describe('decide: forbidden', () => {
     expect(withToken.outcome).toBe('forbidden');
     expect(withToken.status).toBe(403);
     expect(withToken.reason).toBe('POLICY_ERROR');
-    expect(withToken.upstreamHeaders).toEqual({});
+    expect(withToken.upstream.set).toEqual({});
     const anonymous = await e.decide(wire('/public/logo.png'));
     expect(anonymous.reason).toBe('POLICY_ERROR');
   });
@@ -237,7 +240,7 @@ describe('decide: bad requests', () => {
     expect(d.reason).toBe(reason);
     expect(d.request).toBeUndefined();
     expect(d.identity).toBeUndefined();
-    expect(d.upstreamHeaders).toEqual({});
+    expect(d.upstream.set).toEqual({});
   });
 
   it('two Authorization headers -> 400 CREDENTIALS_CONFLICT', async () => {
@@ -247,7 +250,7 @@ describe('decide: bad requests', () => {
     expect(d.status).toBe(400);
     expect(d.reason).toBe('CREDENTIALS_CONFLICT');
     expect(d.request?.path).toBe('/orders/42');
-    expect(d.responseHeaders['www-authenticate']).toContain('error="invalid_request"');
+    expect(d.answer.headers['www-authenticate']).toContain('error="invalid_request"');
   });
 
   it('Authorization plus a custom token header with another token -> 400', async () => {
@@ -283,7 +286,22 @@ describe('decide: client identity headers', () => {
     const d = await e.decide(wire('/orders/42', [['accept', 'application/json'], ...spoofed, bearer(await token({ roles: ['reader'] }))]));
     expect(d.outcome).toBe('allow');
     expect(names(d)).toEqual(['accept', 'authorization']);
-    expect(d.upstreamHeaders).toEqual({ 'x-auth-subject': 'alice', 'x-auth-issuer': ISSUER, 'x-auth-roles': 'reader' });
+    expect(d.upstream.set).toEqual({ 'x-auth-subject': 'alice', 'x-auth-issuer': ISSUER, 'x-auth-roles': 'reader' });
+    // Every spoofed header seen, and every owned one the sidecar does not set, is removed upstream; never
+    // one it sets (Envoy applies removals after additions).
+    const remove = new Set(d.upstream.remove);
+    for (const [name] of spoofed) if (!(name.toLowerCase() in d.upstream.set)) expect(remove.has(name.toLowerCase())).toBe(true);
+    for (const name of ['x-auth-scopes', 'x_auth_scopes', 'x-user-email', 'x-http-method-override', 'authorization']) expect(remove.has(name)).toBe(true);
+    for (const name of Object.keys(d.upstream.set)) expect(remove.has(name)).toBe(false);
+  });
+
+  it('refuses them with 400 on a door that cannot remove headers upstream (forward-auth)', async () => {
+    const e = await engine();
+    const d = await e.decide({ ...wire('/public/x', [['X_Auth_Roles', 'admin']]), removesHeaders: false });
+    expect(d.outcome).toBe('badRequest');
+    expect(d.detail).toContain('x_auth_roles');
+    const clean = await e.decide({ ...wire('/public/x', [['accept', '*/*']]), removesHeaders: false });
+    expect(clean.outcome).toBe('allow');
   });
 
   it('removes them on a deny too, and they grant nothing', async () => {
@@ -293,12 +311,6 @@ describe('decide: client identity headers', () => {
     expect(names(d)).toEqual(['accept']);
   });
 
-  it('engine.isClientIdentityHeader follows the configured headers', async () => {
-    const e = await engine();
-    expect(e.isClientIdentityHeader('X_Auth_Subject')).toBe(true);
-    expect(e.isClientIdentityHeader('x-user-email')).toBe(true);
-    expect(e.isClientIdentityHeader('authorization')).toBe(false);
-  });
 });
 
 describe('decide: engine', () => {
@@ -307,13 +319,33 @@ describe('decide: engine', () => {
     ['forwardToken', { forwardToken: true }, []],
     ['custom token header', { tokenFrom: [{ header: 'authorization' }, { header: 'X-Access-Token' }] }, ['authorization', 'x-access-token']],
     ['custom token header with forwardToken', { tokenFrom: [{ header: 'x-access-token' }], forwardToken: true }, []],
-  ] as Array<[string, EngineOptions, string[]]>)('scrubHeadersForUpstream removes the token headers: %s', async (_name, options, expected) => {
+  ] as Array<[string, EngineOptions, string[]]>)('the decision removes the token headers upstream: %s', async (_name, options, expected) => {
     const e = await engine(options);
-    const headers: Record<string, string | string[] | undefined> = { authorization: 'Bearer x', 'x-access-token': 'y', accept: '*/*' };
-    e.scrubHeadersForUpstream(headers);
-    const removed = ['authorization', 'x-access-token'].filter((h) => !(h in headers));
-    expect(removed).toEqual(expected);
-    expect(headers['accept']).toBe('*/*');
+    const t = await token({ roles: ['reader'] });
+    const d = await e.decide(wire('/orders/42', [bearer(t), ['x-access-token', `Bearer ${t}`], ['accept', '*/*']]));
+    expect(d.outcome).toBe('allow');
+    expect(['authorization', 'x-access-token'].filter((h) => d.upstream.remove.includes(h))).toEqual(expected);
+    expect(d.upstream.remove).not.toContain('accept');
+  });
+
+  it('rewrites the Cookie header without the token cookie, and removes it when nothing else is left', async () => {
+    const e = await engine({ tokenFrom: [{ cookie: 'access_token' }] });
+    const t = await token({ roles: ['reader'] });
+    const d = await e.decide(wire('/orders/42', [['cookie', `theme=dark; access_token=${t}`]]));
+    expect(d.outcome).toBe('allow');
+    expect(d.upstream.set['cookie']).toBe('theme=dark');
+    const only = await e.decide(wire('/orders/42', [['cookie', `access_token=${t}`]]));
+    expect(only.upstream.remove).toContain('cookie');
+    expect(only.upstream.set['cookie']).toBeUndefined();
+  });
+
+  it('the query forwarded loses token parameters unless forwardToken, and names them', async () => {
+    const e = await engine({ tokenFrom: [{ query: 'access_token' }] });
+    const t = await token({ roles: ['reader'] });
+    const d = await e.decide(wire(`/orders/42?a=1&access_token=${t}&b=2`));
+    expect(d.outcome).toBe('allow');
+    expect(d.upstream.query).toBe('a=1&b=2');
+    expect(d.upstream.removeQuery).toEqual(['access_token']);
   });
 
   it('is ready with local keys and a loaded policy', async () => {
@@ -321,9 +353,11 @@ describe('decide: engine', () => {
     expect(e.readiness()).toEqual({ ready: true, missing: [] });
   });
 
-  it('canonicalize answers undefined for a rejected target', async () => {
+  it('a door that cannot rewrite the path refuses one that needs normalizing; the proxy forwards the canonical form', async () => {
     const e = await engine();
-    expect(e.canonicalize('GET', '/a/./b?x')).toEqual({ path: '/a/b', query: 'x', authority: undefined });
-    expect(e.canonicalize('GET', '/a%2fb')).toBeUndefined();
+    const proxied = await e.decide(wire('/public/./a//b?x'));
+    expect(proxied.request?.path).toBe('/public/a/b');
+    const checked = await e.decide({ ...wire('/public/./a//b?x'), rewritesPath: false });
+    expect(checked.reason).toBe('PATH_NOT_CANONICAL');
   });
 });

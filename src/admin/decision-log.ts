@@ -3,9 +3,8 @@
  * denied | all) and the metrics. The log line names who asked for what and why the answer was what it was;
  * never a token, a secret or the claims.
  */
-import type { Metrics } from '../admin/metrics.js';
-import { decisionLabel } from '../admin/metrics.js';
 import type { Decision } from '../core/decision.js';
+import { decisionLabel, type Metrics } from './metrics.js';
 
 export type DecisionLogLevel = 'none' | 'denied' | 'all';
 
@@ -13,12 +12,16 @@ export interface DecisionLogger {
   info(obj: object, msg: string): void;
 }
 
-/** Called by a door with each decision, when it was started, and the logger of the request. */
-export type DecisionObserver = (decision: Decision, startedNs: bigint, logger: DecisionLogger) => void;
+/** Called by a door with each decision and when it was started (the doors' DecisionObserver). */
+export type DecisionObserver = (decision: Decision, startedNs: bigint) => void;
 
-export function createDecisionObserver(options: { readonly level: DecisionLogLevel; readonly metrics?: Metrics | undefined }): DecisionObserver {
-  const { level, metrics } = options;
-  return (decision, startedNs, logger) => {
+export function createDecisionObserver(options: {
+  readonly level: DecisionLogLevel;
+  readonly logger: DecisionLogger;
+  readonly metrics?: Metrics | undefined;
+}): DecisionObserver {
+  const { level, metrics, logger } = options;
+  return (decision, startedNs) => {
     const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
     const request = decision.request;
     const frontend = request?.frontDoor ?? 'unknown';

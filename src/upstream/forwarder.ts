@@ -1,17 +1,18 @@
 /**
- * The proxy door's HTTP forwarding: one undici Pool of keep-alive connections to the application, with the
+ * The client that talks to the application: one undici Pool of keep-alive connections to the application, with the
  * response written straight to the client's socket as it arrives. @fastify/reply-from does the same job
  * through two stream layers (a Readable for the upstream body, then fastify's send of that stream); on one
  * core that plumbing cost more than the whole authorization decision. Backpressure is kept (the upstream
  * read pauses while the client's socket is full), a client that goes away aborts the upstream request, and
- * nothing is retried (a request may not be idempotent). WebSocket upgrades stay with @fastify/http-proxy.
+ * nothing is retried (a request may not be idempotent). WebSocket upgrades use the same pool: undici
+ * opens the upgraded connection and the two sockets are joined byte for byte (the frames are the client's
+ * and the application's business, as through nginx).
  */
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { UpstreamAddress } from '../config/address.js';
-
-/** Response headers that describe one connection (RFC 9110 §7.6.1); the client connection has its own. */
-const RESPONSE_HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
+import { connectionNamed, isHopByHopResponseHeader } from './hop-by-hop.js';
 
 export type ForwardFailure = 'timeout' | 'unavailable';
 
@@ -31,8 +32,24 @@ export interface ForwardCallbacks {
   onFailure(kind: ForwardFailure, error: Error): void;
 }
 
+export interface UpgradeRequest {
+  /** Path and query, as sent to the application. */
+  readonly path: string;
+  /** The handshake headers to send (no Connection, Upgrade or Host: the forwarder sets those). */
+  readonly headers: Record<string, string | string[] | undefined>;
+  /** The client's socket, taken over from the HTTP server, and what it sent past the request head. */
+  readonly socket: Duplex;
+  readonly head: Buffer;
+}
+
 export interface Forwarder {
   forward(request: ForwardRequest, res: ServerResponse, callbacks: ForwardCallbacks): void;
+  /**
+   * A WebSocket handshake with the application; on its 101 the answer goes to the client and the sockets
+   * are joined until either side closes. `onFailure` is called when the application could not be reached
+   * or did not switch protocols (nothing has been written to the client then).
+   */
+  upgrade(request: UpgradeRequest, callbacks: ForwardCallbacks): void;
   close(): Promise<void>;
 }
 
@@ -54,16 +71,22 @@ function isTimeout(error: Error & { code?: string }): boolean {
 /** Response headers as the client gets them: hop-by-hop ones and those the Connection header names removed. */
 export function clientResponseHeaders(headers: Record<string, string | string[] | undefined>): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
-  const connection = headers['connection'];
-  const named = new Set<string>();
-  for (const line of typeof connection === 'string' ? [connection] : (connection ?? [])) {
-    for (const name of line.split(',')) named.add(name.trim().toLowerCase());
-  }
+  const named = connectionNamed(headers['connection']);
   for (const name of Object.keys(headers)) {
-    if (RESPONSE_HOP_BY_HOP.includes(name) || named.has(name)) continue;
+    if (isHopByHopResponseHeader(name, named)) continue;
     out[name] = headers[name];
   }
   return out;
+}
+
+/** The status line and headers of a 101 answer, as written to the client's socket. */
+function switchingProtocols(headers: Record<string, string | string[] | undefined>): string {
+  let head = 'HTTP/1.1 101 Switching Protocols\r\n';
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    for (const v of typeof value === 'string' ? [value] : value) head += `${name}: ${v}\r\n`;
+  }
+  return `${head}\r\n`;
 }
 
 export function createForwarder(options: ForwarderOptions): Forwarder {
@@ -138,6 +161,38 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
         },
         handler,
       );
+    },
+    upgrade(request, callbacks) {
+      const client = request.socket;
+      const abort = new AbortController();
+      const onClientGone = (): void => abort.abort(new Error('the client closed the connection'));
+      client.once('close', onClientGone);
+      pool
+        .upgrade({ path: request.path, method: 'GET', headers: { ...request.headers, host }, protocol: 'websocket', signal: abort.signal })
+        .then(
+          ({ headers, socket: app }) => {
+            client.off('close', onClientGone);
+            if (client.destroyed) {
+              app.destroy();
+              return;
+            }
+            callbacks.onResponse?.(101);
+            client.write(switchingProtocols(headers));
+            if (request.head.length > 0) app.write(request.head);
+            // Either side closing or failing ends both.
+            app.on('error', () => client.destroy());
+            client.on('error', () => app.destroy());
+            app.on('close', () => client.destroy());
+            client.on('close', () => app.destroy());
+            app.pipe(client);
+            client.pipe(app);
+          },
+          (error: Error & { code?: string }) => {
+            client.off('close', onClientGone);
+            if (client.destroyed) return;
+            callbacks.onFailure(isTimeout(error) ? 'timeout' : 'unavailable', error);
+          },
+        );
     },
     close: () => pool.close(),
   };

@@ -1,0 +1,73 @@
+/**
+ * The two check doors that answer over HTTP: Envoy's HTTP ext_authz service and forward-auth (nginx
+ * auth_request, Traefik ForwardAuth, Caddy forward_auth). Each door only says how to read the original
+ * request out of the check request and how to render an allow; the shell routes every path and method
+ * here, never reads the body (whatever its content type), and a deny is the decision's own answer
+ * (status, WWW-Authenticate, problem body), which the proxy passes on to its client.
+ */
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
+import { headerMap, type HeaderMap, type WireRequest } from '../core/access-request.js';
+import type { DecisionEngine } from '../core/decide.js';
+import { problemAnswer, type UpstreamChanges } from '../core/decision.js';
+import type { DecisionObserver, FrontDoor } from './front-door.js';
+import { createHttpShell, sendAnswer } from './http-shell.js';
+import { requestIdOrNew } from './request-id.js';
+
+/** Envoy may send (part of) the body with a check; we never read it, and refuse a declared body past this. */
+export const CHECK_BODY_LIMIT = 1024 * 1024;
+
+/** The original request as a door reads it from the check request. */
+export type OriginalRequest = Pick<WireRequest, 'method' | 'target' | 'host'>;
+
+export interface CheckDoor {
+  readonly name: 'extAuthzHttp' | 'forwardAuth';
+  /** False for a door whose proxy cannot be told to remove headers (see WireRequest.removesHeaders). */
+  readonly removesHeaders: boolean;
+  /** The original request, or why it cannot be read (answered with 400). */
+  translate(check: { readonly method: string; readonly url: string; readonly headers: HeaderMap }): OriginalRequest | { readonly error: string };
+  /** Headers of the 200 answer on allow. */
+  allowHeaders(changes: UpstreamChanges): Record<string, string>;
+}
+
+export interface HttpCheckDoorOptions {
+  readonly engine: DecisionEngine;
+  readonly logger: FastifyBaseLogger;
+  readonly observe: DecisionObserver;
+}
+
+export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptions): FrontDoor {
+  const { engine } = options;
+  const shell = createHttpShell({ logger: options.logger, oneRoute: true });
+  const app = shell.app;
+
+  async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const raw = request.raw;
+    const headers = headerMap(Object.entries(raw.headersDistinct));
+    // The original request's id, as the proxy passed it.
+    const requestId = requestIdOrNew(headers['x-request-id']?.[0]);
+    const early = shell.preflight(request);
+    if (early !== undefined) return sendAnswer(reply, early);
+    if (Number(raw.headers['content-length'] ?? 0) > CHECK_BODY_LIMIT) {
+      // The body stays unread: the connection cannot be reused.
+      return sendAnswer(reply, problemAnswer('BODY_TOO_LARGE', 'the check request body is too large', requestId, { connection: 'close' }));
+    }
+    const started = process.hrtime.bigint();
+    const original = door.translate({ method: raw.method ?? 'GET', url: (raw as { originalUrl?: string }).originalUrl ?? raw.url ?? '/', headers });
+    if ('error' in original) return sendAnswer(reply, problemAnswer('BAD_REQUEST', original.error, requestId));
+    const decision = await engine.decide({
+      ...original,
+      frontDoor: door.name,
+      headers,
+      peer: '',
+      requestId,
+      rewritesPath: false,
+      removesHeaders: door.removesHeaders,
+    });
+    options.observe(decision, started);
+    if (decision.outcome === 'allow') return reply.code(200).headers(door.allowHeaders(decision.upstream)).send();
+    return sendAnswer(reply, decision.answer);
+  }
+
+  app.route({ method: app.supportedMethods.filter((m) => m !== 'CONNECT'), url: '/', handler: handle });
+  return shell.door(door.name);
+}

@@ -1,0 +1,19 @@
+/**
+ * The request-id rule of every door: the client's `x-request-id` (for the check doors: the original
+ * request's, as the proxy passed it) when it is a sane token, since it goes into logs and upstream;
+ * otherwise a new UUID.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function requestIdOrNew(given: string | undefined): string {
+  return given !== undefined && REQUEST_ID.test(given) ? given : randomUUID();
+}
+
+/** The request id of an HTTP request (fastify's genReqId). */
+export function requestIdOf(req: IncomingMessage): string {
+  const given = req.headers['x-request-id'];
+  return requestIdOrNew(typeof given === 'string' ? given : undefined);
+}
