@@ -6,12 +6,19 @@
  *
  * Environment: BENCH_SECONDS (default 8) per row and round, BENCH_ROUNDS (default 3) rounds of the compared
  * rows, BENCH_ROWS (comma-separated row ids) to run a subset.
+ *
+ * Before / after: BENCH_BASELINE=/path/to/another/checkout (built: its bin/authz-sidecar.js) also runs that
+ * build's sidecar for rows 5, 5t, 7g and 7h, with the same config and the same load, as rows 5b, 5tb, 7gb
+ * and 7hb. Rows 7g and 7h then join the interleaved rounds, each row right next to its baseline row (which of
+ * the two goes first alternates by round), and the report adds a before / after table. A baseline row runs
+ * when its row does (BENCH_ROWS=5,7h runs 5, 5b, 7h and 7hb). BENCH_SIDECAR_ROOT=/path runs the "after" side
+ * from another checkout than this one (default: this checkout), e.g. to try the mechanism on two builds.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { createHash, createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { startApache } from './lib/apache.mjs';
@@ -20,16 +27,36 @@ import { h2loadGrpc, wrk } from './lib/load.mjs';
 import { startNginxProxy, startUpstream, stopChild } from './lib/nginx.mjs';
 import { generatePolicy, allowedPath } from './lib/policy-gen.mjs';
 import { cpuSeconds, peakRssMiB, stopTree } from './lib/proc.mjs';
-import { renderMarkdown, targets } from './lib/report.mjs';
+import { beforeAfter, renderMarkdown, targets } from './lib/report.mjs';
 import { selfSignedCert, startJwksHttpsServer } from './lib/tls.mjs';
 import { freePort, waitForHttp } from './lib/util.mjs';
 
 const exec = promisify(execFile);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** The checkout whose bin/authz-sidecar.js the sidecar rows run ("after"); the bench, model and results stay ROOT's. */
+const SIDECAR_ROOT = resolve(process.env.BENCH_SIDECAR_ROOT || ROOT);
+/** Another checkout ("before") whose sidecar runs next to SIDECAR_ROOT's in rows 5, 5t, 7g and 7h, if set. */
+const BASELINE = process.env.BENCH_BASELINE ? resolve(process.env.BENCH_BASELINE) : undefined;
+for (const root of [SIDECAR_ROOT, BASELINE]) {
+  if (root !== undefined && !existsSync(join(root, 'bin/authz-sidecar.js'))) throw new Error(`${root}/bin/authz-sidecar.js is missing: build that checkout first (npm ci && npm run build)`);
+}
+/** A checkout's short commit, marked when its tracked files differ from it. */
+function describeCheckout(root) {
+  try {
+    const sha = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+    return `${sha}${dirty ? ' (with uncommitted changes)' : ''}`;
+  } catch {
+    return 'unknown';
+  }
+}
+const BASELINE_SHA = BASELINE === undefined ? undefined : describeCheckout(BASELINE).split(' ')[0];
+/** Readiness deadline of a starting sidecar: a bench run never waits forever. */
+const READY_TIMEOUT_MS = 30_000;
 const SERVER_CPU = 0;
 const LOAD_CPU = 1;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
-/** Rounds of the compared rows (1-5t), interleaved; each reports its median round. */
+/** Rounds of the compared rows (1-5t, and 7g-7h with BENCH_BASELINE), interleaved; each reports its median round. */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const MODERATE = 'moderate load (8 connections, 4 ms think time)';
 /** Unmeasured load before each row: JIT warm-up, connection pools filled. */
@@ -92,7 +119,7 @@ async function sample(id, pid, load) {
 }
 
 /** A row from one or more samples: the sample with the median req/s, and the peak memory so far. */
-function record(id, name, pid, samples, notes = '') {
+function record(id, name, pid, samples, notes = '', baselineOf = undefined) {
   const sorted = [...samples].sort((a, b) => a.rps - b.rps);
   const median = sorted[Math.floor((sorted.length - 1) / 2)];
   const row = {
@@ -108,6 +135,7 @@ function record(id, name, pid, samples, notes = '') {
     rounds: samples.length,
     rpsRange: samples.length > 1 ? [Math.round(sorted[0].rps), Math.round(sorted.at(-1).rps)] : undefined,
     notes,
+    ...(baselineOf === undefined ? {} : { baselineOf }),
   };
   const range = row.rpsRange ? ` (${row.rpsRange.join('-')} over ${samples.length} rounds)` : '';
   log(`${id} ${name}: ${row.rps} req/s${range}, p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${row.cpuSecondsPer10k?.toFixed(2)} CPU s/10k, ${row.peakRssMiB} MiB`);
@@ -172,7 +200,8 @@ function deployedNodeOptions() {
   return match[1].trim();
 }
 
-async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, nodeOptions }) {
+/** A sidecar of SIDECAR_ROOT's build, or of `root`'s (the baseline): the config is the same but for its ports. */
+async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, nodeOptions, root = SIDECAR_ROOT }) {
   const port = await freePort();
   const admin = await freePort();
   const config = {
@@ -188,13 +217,45 @@ async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), ups
   writeFileSync(file, JSON.stringify(config));
   const started = process.hrtime.bigint();
   const env = nodeOptions === undefined ? process.env : { ...process.env, NODE_OPTIONS: nodeOptions };
-  const child = pinned('node', [join(ROOT, 'bin/authz-sidecar.js'), 'serve', '--config', file], { env });
+  const child = pinned('node', [join(root, 'bin/authz-sidecar.js'), 'serve', '--config', file], { env });
+  const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
-    if ((await waitForHttp(`http://127.0.0.1:${admin}/readyz`, child)) === 200) break;
+    if ((await waitForHttp(`http://127.0.0.1:${admin}/readyz`, child, READY_TIMEOUT_MS)) === 200) break;
+    if (Date.now() > deadline) {
+      await stopChild(child);
+      throw new Error(`${root}: the sidecar was not ready within ${READY_TIMEOUT_MS} ms`);
+    }
     await new Promise((r) => setTimeout(r, 5));
   }
   const readyMs = Number(process.hrtime.bigint() - started) / 1e6;
   return { child, port, pid: child.pid, readyMs, stop: () => stopChild(child) };
+}
+
+/** Rows 7g: a sidecar (of `root`'s build) with the ext_authz gRPC door, checked to allow and deny, and its load. */
+async function grpcCheckDoor(root) {
+  const grpcPort = await freePort();
+  const sidecar = await startSidecar({ doors: { grpc: { listen: `127.0.0.1:${grpcPort}` } }, root });
+  const frame = checkRequestFrame({ method: 'GET', path: PATH, host: 'app.bench.local', headers: { authorization: `Bearer ${TOKEN}` } });
+  const denyFrame = checkRequestFrame({ method: 'GET', path: PATH, host: 'app.bench.local', headers: {} });
+  const [allowed, denied] = [await checkOnce(`http://127.0.0.1:${grpcPort}`, frame), await checkOnce(`http://127.0.0.1:${grpcPort}`, denyFrame)];
+  if (allowed !== 0 || denied !== 16) throw new Error(`gRPC check: expected OK (0) and UNAUTHENTICATED (16), got ${allowed} and ${denied}`);
+  return {
+    pid: sidecar.pid,
+    load: (seconds) => h2loadGrpc({ url: `http://127.0.0.1:${grpcPort}/envoy.service.auth.v3.Authorization/Check`, cpu: LOAD_CPU, body: frame, seconds }),
+    stop: () => stopTree(sidecar.pid, sidecar.stop),
+  };
+}
+
+/** Row 7h: a sidecar (of `root`'s build) with the ext_authz HTTP door, checked to allow and deny, and its load. */
+async function httpCheckDoor(root) {
+  const checkPort = await freePort();
+  const sidecar = await startSidecar({ doors: { http: { listen: `127.0.0.1:${checkPort}` } }, root });
+  await expectAuth(http(checkPort));
+  return {
+    pid: sidecar.pid,
+    load: (seconds) => wrk({ url: http(checkPort), cpu: LOAD_CPU, connections: CONNECTIONS, seconds, headers: bearer }),
+    stop: () => stopTree(sidecar.pid, sidecar.stop),
+  };
 }
 
 async function versions() {
@@ -206,7 +267,7 @@ async function versions() {
       return re.exec(`${err.stdout ?? ''}${err.stderr ?? ''}`)?.[1] ?? 'unknown';
     }
   };
-  const pkg = (name) => JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version;
+  const pkg = (name) => JSON.parse(readFileSync(join(SIDECAR_ROOT, 'node_modules', name, 'package.json'), 'utf8')).version;
   return {
     node: process.version,
     nginx: await v('nginx', ['-v'], /nginx\/([\d.]+)/),
@@ -217,7 +278,8 @@ async function versions() {
     fastify: pkg('fastify'),
     fastifyHttpProxy: pkg('@fastify/http-proxy'),
     casbin: pkg('casbin'),
-    authzSidecar: `${await v('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], /(\w+)/)}${(await v('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no'], /([\s\S]+)/)) === 'unknown' ? '' : ' (with uncommitted changes)'}`,
+    authzSidecar: describeCheckout(SIDECAR_ROOT),
+    ...(BASELINE === undefined ? {} : { baseline: describeCheckout(BASELINE) }),
   };
 }
 
@@ -279,35 +341,55 @@ async function main() {
     await expectAuth(http(port));
     compared.push({ id: '4', name: 'Apache mod_auth_openidc (RS256 JWT via JWKS, proxy)', pid: apache.pid, load: load(http(port), { headers: bearer }) });
   }
+  // Row `id` of this build, then (with BENCH_BASELINE) the same row of the baseline's build: row `${id}b`.
+  const sidecarRow = async (id, name, setup) => {
+    const builds = [{ id, name, root: SIDECAR_ROOT }];
+    if (BASELINE !== undefined) builds.push({ id: `${id}b`, name: `${name} (baseline ${BASELINE_SHA})`, root: BASELINE, baselineOf: id });
+    for (const build of builds) {
+      const row = await setup(build.root);
+      stops.push(row.stop);
+      compared.push({ id: build.id, name: build.name, pid: row.pid, load: row.load, baselineOf: build.baselineOf });
+    }
+  };
   if (want('5') || want('5m')) {
     const sidecar = await startSidecar({ upstreamPort });
     stops.push(() => stopTree(sidecar.pid, sidecar.stop));
     await expectAuth(http(sidecar.port));
     compared.push({ id: '5', name: `authz-sidecar proxy (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }) });
     compared.push({ id: '5m', name: `authz-sidecar proxy, ${MODERATE}`, pid: sidecar.pid, load: moderateLoad(http(sidecar.port), bearer) });
+    if (BASELINE !== undefined && want('5')) {
+      const base = await startSidecar({ upstreamPort, root: BASELINE });
+      stops.push(() => stopTree(base.pid, base.stop));
+      await expectAuth(http(base.port));
+      compared.push({ id: '5b', name: `authz-sidecar proxy (${POLICY_LINES}-line policy) (baseline ${BASELINE_SHA})`, pid: base.pid, load: load(http(base.port), { headers: bearer }), baselineOf: '5' });
+    }
   }
   if (want('5t')) {
     const nodeOptions = deployedNodeOptions();
-    const sidecar = await startSidecar({ upstreamPort, nodeOptions });
-    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
-    await expectAuth(http(sidecar.port));
-    compared.push({
-      id: '5t',
-      name: `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`,
-      pid: sidecar.pid,
-      load: load(http(sidecar.port), { headers: bearer }),
+    await sidecarRow('5t', `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`, async (root) => {
+      const sidecar = await startSidecar({ upstreamPort, nodeOptions, root });
+      await expectAuth(http(sidecar.port));
+      return { pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }), stop: () => stopTree(sidecar.pid, sidecar.stop) };
     });
   }
-  const selected = compared.filter((c) => want(c.id));
+  // The check doors join the interleaved rounds when compared with a baseline; otherwise they run once, below.
+  if (BASELINE !== undefined && want('7g')) await sidecarRow('7g', 'ext_authz gRPC door (checks)', grpcCheckDoor);
+  if (BASELINE !== undefined && want('7h')) await sidecarRow('7h', 'ext_authz HTTP door (checks)', httpCheckDoor);
+  const selected = compared.filter((c) => want(c.id) || (c.baselineOf !== undefined && want(c.baselineOf)));
+  // A row and its baseline row run back to back; which goes first alternates by round, so that neither
+  // always gets the core warm from the other.
+  const groups = selected.filter((c) => c.baselineOf === undefined).map((c) => [c, ...selected.filter((b) => b.baselineOf === c.id)]);
   const samples = new Map(selected.map((c) => [c.id, []]));
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const c of selected) {
-      const result = await sample(c.id, c.pid, c.load);
-      samples.get(c.id).push(result);
-      log(`round ${round}/${ROUNDS} ${c.id}: ${Math.round(result.rps)} req/s, p50 ${result.p50Ms} ms`);
+    for (const group of groups) {
+      for (const c of round % 2 === 1 ? group : [...group].reverse()) {
+        const result = await sample(c.id, c.pid, c.load);
+        samples.get(c.id).push(result);
+        log(`round ${round}/${ROUNDS} ${c.id}: ${Math.round(result.rps)} req/s, p50 ${result.p50Ms} ms, ${result.cpuSecondsPer10k?.toFixed(3)} CPU s/10k`);
+      }
     }
   }
-  for (const c of selected) record(c.id, c.name, c.pid, samples.get(c.id));
+  for (const c of selected) record(c.id, c.name, c.pid, samples.get(c.id), '', c.baselineOf);
   for (const stop of stops) await stop();
   if (want('6')) {
     const script = coldTokensScript(PATH);
@@ -315,24 +397,14 @@ async function main() {
     await measure('6', `authz-sidecar proxy, a distinct token per request (${COLD_TOKENS} tokens cycled: JWT and decision caches cold)`, sidecar.pid, load(http(sidecar.port), { script }));
     await stopTree(sidecar.pid, sidecar.stop);
   }
-  if (want('7g')) {
-    const grpcPort = await freePort();
-    const sidecar = await startSidecar({ doors: { grpc: { listen: `127.0.0.1:${grpcPort}` } } });
-    const frame = checkRequestFrame({ method: 'GET', path: PATH, host: 'app.bench.local', headers: { authorization: `Bearer ${TOKEN}` } });
-    const denyFrame = checkRequestFrame({ method: 'GET', path: PATH, host: 'app.bench.local', headers: {} });
-    const [allowed, denied] = [await checkOnce(`http://127.0.0.1:${grpcPort}`, frame), await checkOnce(`http://127.0.0.1:${grpcPort}`, denyFrame)];
-    if (allowed !== 0 || denied !== 16) throw new Error(`gRPC check: expected OK (0) and UNAUTHENTICATED (16), got ${allowed} and ${denied}`);
-    await measure('7g', 'ext_authz gRPC door (checks)', sidecar.pid, (seconds) =>
-      h2loadGrpc({ url: `http://127.0.0.1:${grpcPort}/envoy.service.auth.v3.Authorization/Check`, cpu: LOAD_CPU, body: frame, seconds }),
-    );
-    await stopTree(sidecar.pid, sidecar.stop);
-  }
-  if (want('7h')) {
-    const checkPort = await freePort();
-    const sidecar = await startSidecar({ doors: { http: { listen: `127.0.0.1:${checkPort}` } } });
-    await expectAuth(http(checkPort));
-    await measure('7h', 'ext_authz HTTP door (checks)', sidecar.pid, load(http(checkPort), { headers: bearer }));
-    await stopTree(sidecar.pid, sidecar.stop);
+  for (const [id, name, setup] of [
+    ['7g', 'ext_authz gRPC door (checks)', grpcCheckDoor],
+    ['7h', 'ext_authz HTTP door (checks)', httpCheckDoor],
+  ]) {
+    if (BASELINE !== undefined || !want(id)) continue; // with a baseline, measured in the rounds above
+    const door = await setup(SIDECAR_ROOT);
+    await measure(id, name, door.pid, door.load);
+    await door.stop();
   }
   await stopTree(upstream.pid, upstream.stop);
 
@@ -356,16 +428,18 @@ async function main() {
 
   const result = {
     date: new Date().toISOString(),
-    command: 'npm run bench',
+    command: `${['BENCH_BASELINE', 'BENCH_SIDECAR_ROOT', 'BENCH_ROWS', 'BENCH_SECONDS', 'BENCH_ROUNDS'].filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]} `).join('')}npm run bench`,
     secondsPerRow: SECONDS,
     rounds: ROUNDS,
     connections: CONNECTIONS,
     machine,
     versions: await versions(),
+    ...(BASELINE === undefined ? {} : { baseline: { path: BASELINE, commit: describeCheckout(BASELINE), sidecarRoot: SIDECAR_ROOT } }),
     rows,
     ...extra,
   };
   result.targets = targets(result);
+  if (BASELINE !== undefined) result.beforeAfter = beforeAfter(result);
   // A run of some rows only (BENCH_ROWS) never replaces the committed results of a whole run.
   const dir = join(ROOT, 'bench/results');
   const name = ONLY === undefined ? 'results' : 'partial';

@@ -37,13 +37,82 @@ export function targets(result) {
   return list.map((t) => ({ ...t, met: t.measured === undefined ? undefined : t.atLeast ? t.measured >= t.goal : t.measured <= t.goal }));
 }
 
+/** The issue's bound for a refactor: req/s and CPU per request each within 5% of before, or better. */
+export const BEFORE_AFTER_TOLERANCE = 0.05;
+/** Ratios are of rounded numbers: a ratio this close to the bound counts as on it. */
+const EPSILON = 1e-9;
+
+/**
+ * Each row run against a baseline build (a row with `baselineOf`, and the row it is the baseline of): req/s
+ * after / before and CPU seconds per 10k requests after / before, and whether both are within the tolerance
+ * (req/s ratio ≥ 0.95, CPU ratio ≤ 1.05); `within` is undefined when a number is missing.
+ */
+export function beforeAfter(result, tolerance = BEFORE_AFTER_TOLERANCE) {
+  const out = [];
+  for (const before of result.rows.filter((r) => r.baselineOf !== undefined)) {
+    const after = byId(result, before.baselineOf);
+    if (!after) continue;
+    const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? a / b : undefined);
+    const rpsRatio = ratio(after.rps, before.rps);
+    const cpuRatio = ratio(after.cpuSecondsPer10k, before.cpuSecondsPer10k);
+    // (max - min) / median req/s over the rounds: the machine's noise, to read the verdict against.
+    const spread = (r) => (r.rpsRange && r.rps > 0 ? (r.rpsRange[1] - r.rpsRange[0]) / r.rps : undefined);
+    const rpsWithin = rpsRatio === undefined ? undefined : rpsRatio >= 1 - tolerance - EPSILON;
+    const cpuWithin = cpuRatio === undefined ? undefined : cpuRatio <= 1 + tolerance + EPSILON;
+    out.push({
+      after: after.id,
+      before: before.id,
+      name: after.name,
+      rpsAfter: after.rps,
+      rpsBefore: before.rps,
+      rpsRatio,
+      cpuAfter: after.cpuSecondsPer10k,
+      cpuBefore: before.cpuSecondsPer10k,
+      cpuRatio,
+      rpsWithin,
+      cpuWithin,
+      within: rpsWithin === undefined || cpuWithin === undefined ? undefined : rpsWithin && cpuWithin,
+      spreadAfter: spread(after),
+      spreadBefore: spread(before),
+    });
+  }
+  return out;
+}
+
+/** The before / after table's lines (none when no row ran against a baseline). */
+export function renderBeforeAfter(result, list = result.beforeAfter ?? beforeAfter(result)) {
+  if (list.length === 0) return [];
+  const pct = (ratio) => `${ratio >= 1 ? '+' : '−'}${Math.abs((ratio - 1) * 100).toFixed(1)}%`;
+  const verdict = (p) => {
+    if (p.within === undefined) return 'not measured';
+    if (p.within) return 'within 5%';
+    const why = [];
+    if (!p.rpsWithin) why.push(`req/s ${pct(p.rpsRatio)}`);
+    if (!p.cpuWithin) why.push(`CPU ${pct(p.cpuRatio)}`);
+    return `**no** (${why.join(', ')})`;
+  };
+  const out = ['', `## Before / after${result.baseline ? ` (baseline ${result.baseline.commit})` : ''}`, ''];
+  out.push(
+    `Each row next to the same row run by the baseline build (id ending in b), same config and load, interleaved in the same rounds. Within 5%: req/s after / before ≥ 0.95 and CPU s / 10k after / before ≤ 1.05. Round spread: (max - min) / median req/s of each row over its rounds; a spread near or above 5% means the machine's noise is as large as the bound, and the verdict says little.`,
+    '',
+  );
+  const spread = (x) => (x === undefined ? 'n/a' : `${(x * 100).toFixed(0)}%`);
+  out.push('| row | req/s after / before | ratio | CPU s / 10k after / before | ratio | round spread after / before | verdict |', '|---|---:|---:|---:|---:|---:|---|');
+  for (const p of list) {
+    out.push(
+      `| ${p.after} vs ${p.before}: ${p.name} | ${p.rpsAfter} / ${p.rpsBefore} | ${fmt(p.rpsRatio, 3)} | ${fmt(p.cpuAfter, 3)} / ${fmt(p.cpuBefore, 3)} | ${fmt(p.cpuRatio, 3)} | ${spread(p.spreadAfter)} / ${spread(p.spreadBefore)} | ${verdict(p)} |`,
+    );
+  }
+  return out;
+}
+
 export function renderMarkdown(result) {
   const out = [];
   const v = result.versions;
   out.push(`# authz-sidecar benchmark`, '');
-  out.push(`Run ${result.date} with \`${result.command}\`: ${result.secondsPerRow} s per row after a 2 s warm-up, ${result.connections} connections (wrk, one thread) unless the row says otherwise. Rows 1-5t ran interleaved in ${result.rounds} rounds and show their median round (req/s range in the last column).`);
+  out.push(`Run ${result.date} with \`${result.command}\`: ${result.secondsPerRow} s per row after a 2 s warm-up, ${result.connections} connections (wrk, one thread) unless the row says otherwise. Rows 1-5t${result.baseline ? ', 7g, 7h and the baseline rows (id ending in b)' : ''} ran interleaved in ${result.rounds} round${result.rounds === 1 ? '' : 's'} and show their median round (req/s range in the last column).`);
   out.push(`Machine: ${result.machine.cpu}, ${result.machine.cores} cores, ${result.machine.memoryGiB} GiB, Linux ${result.machine.kernel}. Server under test pinned to core 0; load generator and the shared upstream (nginx) pinned to core 1; loopback only.`);
-  out.push(`Versions: Node ${v.node}, nginx ${v.nginx}, Apache ${v.apache}, mod_auth_openidc ${v.modAuthOpenidc}, wrk ${v.wrk}, h2load ${v.h2load}, fastify ${v.fastify}, @fastify/http-proxy ${v.fastifyHttpProxy}, casbin ${v.casbin}, authz-sidecar ${v.authzSidecar}.`, '');
+  out.push(`Versions: Node ${v.node}, nginx ${v.nginx}, Apache ${v.apache}, mod_auth_openidc ${v.modAuthOpenidc}, wrk ${v.wrk}, h2load ${v.h2load}, fastify ${v.fastify}, @fastify/http-proxy ${v.fastifyHttpProxy}, casbin ${v.casbin}, authz-sidecar ${v.authzSidecar}${v.baseline ? `, baseline authz-sidecar ${v.baseline} (${result.baseline?.path ?? 'another checkout'})` : ''}.`, '');
   const upstream = byId(result, '1');
   out.push('| # | row | req/s | × upstream | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB | req/s range |', '|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of result.rows) {
@@ -54,6 +123,7 @@ export function renderMarkdown(result) {
     const [x, y] = [byId(result, a), byId(result, b)];
     if (x && y) out.push(`| ${what} | ${fmt(x.rps / y.rps)} | ${fmt(x.cpuSecondsPer10k / y.cpuSecondsPer10k)} |`);
   };
+  out.push(...renderBeforeAfter(result));
   out.push('', '## Ratios between rows', '', '| comparison | req/s ratio | CPU per request ratio |', '|---|---:|---:|');
   ratio('5', '4', 'sidecar proxy (5) / Apache mod_auth_openidc (4)');
   ratio('5', '3', 'sidecar proxy (5) / bare @fastify/http-proxy (3)');
