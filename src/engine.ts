@@ -18,7 +18,7 @@ import type { Authenticator, Authorizer, CredentialExtractor } from './core/stag
 
 /** What the engine reports while it serves: key fetches, cache use, IdP failures, policy findings. */
 export interface EngineEvents extends AuthnEventSink {
-  decisionCache?(hit: boolean): void;
+  readonly decisionCache?: ((hit: boolean) => void) | undefined;
 }
 
 export interface EngineBuildOptions {

@@ -109,7 +109,7 @@ export function createHttpShell(options: HttpShellOptions): HttpShell {
     frameworkErrors(error, _request, reply) {
       // A URL the router cannot decode (admin listener; the one-route doors never route by URL).
       options.logger.debug({ code: error.code }, 'request refused by the router');
-      return sendProblem(reply, 'BAD_REQUEST', 'the request target cannot be routed');
+      void sendProblem(reply, 'BAD_REQUEST', 'the request target cannot be routed');
     },
     ...(options.oneRoute === true ? { rewriteUrl: () => '/' } : {}),
   });

@@ -167,8 +167,11 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       const abort = new AbortController();
       const onClientGone = (): void => abort.abort(new Error('the client closed the connection'));
       client.once('close', onClientGone);
+      // A handshake has no body: a client's framing header would make undici wait for one.
+      const headers: Record<string, string | string[] | undefined> = { ...request.headers, host };
+      delete headers['content-length'];
       pool
-        .upgrade({ path: request.path, method: 'GET', headers: { ...request.headers, host }, protocol: 'websocket', signal: abort.signal })
+        .upgrade({ path: request.path, method: 'GET', headers, protocol: 'websocket', signal: abort.signal })
         .then(
           ({ headers, socket: app }) => {
             client.off('close', onClientGone);
