@@ -18,9 +18,19 @@ const { parseWrk, percentile } = loadModule as unknown as {
   parseWrk: (text: string) => Record<string, number | undefined>;
   percentile: (sorted: number[], p: number) => number | undefined;
 };
-const { renderMarkdown, targets } = reportModule as unknown as {
+interface BeforeAfter {
+  after: string;
+  before: string;
+  rpsRatio: number | undefined;
+  cpuRatio: number | undefined;
+  rpsWithin: boolean | undefined;
+  cpuWithin: boolean | undefined;
+  within: boolean | undefined;
+}
+const { renderMarkdown, targets, beforeAfter } = reportModule as unknown as {
   renderMarkdown: (result: object) => string;
   targets: (result: object) => Target[];
+  beforeAfter: (result: object) => BeforeAfter[];
 };
 
 /** wrk 4.1.0 output captured on this project's machine against nginx `return 200`. */
@@ -101,5 +111,68 @@ describe('targets', () => {
     const markdown = renderMarkdown({ ...result, targets: list });
     expect(markdown).toContain('| proxy door req/s vs Apache mod_auth_openidc | ≥ 2.5× | n/a× | not measured |');
     expect(markdown).not.toMatch(/\| yes \|/);
+  });
+});
+
+describe('beforeAfter', () => {
+  const row = (id: string, rps: number, cpuSecondsPer10k: number | undefined, baselineOf?: string) => ({
+    id,
+    name: `row ${id}`,
+    rps,
+    p50Ms: 1,
+    p99Ms: 2,
+    cpuSecondsPer10k,
+    peakRssMiB: 100,
+    ...(baselineOf ? { baselineOf } : {}),
+  });
+  const header = { date: 'd', command: 'c', secondsPerRow: 1, rounds: 3, connections: 64, machine: { cpu: 'x', cores: 2, memoryGiB: 1, kernel: 'k' }, versions: {} };
+
+  it('pairs each baseline row with its row: after / before for req/s and CPU per 10k requests', () => {
+    const list = beforeAfter({ rows: [row('5', 10_000, 0.7), row('5b', 9_000, 0.8, '5'), row('7h', 12_000, 0.75), row('7hb', 12_000, 0.75, '7h')] });
+    expect(list.map((p) => [p.after, p.before])).toEqual([
+      ['5', '5b'],
+      ['7h', '7hb'],
+    ]);
+    expect(list[0]!.rpsRatio).toBeCloseTo(10_000 / 9_000);
+    expect(list[0]!.cpuRatio).toBeCloseTo(0.875);
+    expect(list[0]).toMatchObject({ within: true });
+    expect(list[1]).toMatchObject({ rpsRatio: 1, cpuRatio: 1, within: true });
+  });
+
+  it('counts exactly 5% worse as within, and anything worse as not, for req/s and for CPU alike', () => {
+    const list = beforeAfter({
+      rows: [
+        row('5', 9_500, 1.05), row('5b', 10_000, 1, '5'), // on both bounds
+        row('5t', 9_499, 1), row('5tb', 10_000, 1, '5t'), // req/s just below
+        row('7g', 10_000, 1.1865), row('7gb', 10_000, 1.13, '7g'), // CPU 1.05, a hair above after floating-point division
+        row('7h', 10_000, 1.051), row('7hb', 10_000, 1, '7h'), // CPU just above
+      ],
+    });
+    expect(list.map((p) => [p.after, p.rpsWithin, p.cpuWithin, p.within])).toEqual([
+      ['5', true, true, true],
+      ['5t', false, true, false],
+      ['7g', true, true, true],
+      ['7h', true, false, false],
+    ]);
+  });
+
+  it('gives no verdict for a pair missing a number, and no pair for a baseline row whose row did not run', () => {
+    const list = beforeAfter({ rows: [row('5', 10_000, undefined), row('5b', 10_000, 1, '5'), row('7hb', 10_000, 1, '7h')] });
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ after: '5', cpuRatio: undefined, within: undefined });
+  });
+
+  it('renders the table with a verdict per pair, and no table for a run without a baseline', () => {
+    const result = {
+      ...header,
+      baseline: { path: '/work/baseline', commit: '7dee40e' },
+      rows: [{ ...row('5', 10_000, 0.7), rpsRange: [9_800, 10_100] }, { ...row('5b', 10_000, 0.7, '5'), rpsRange: [9_500, 10_200] }, row('7h', 9_000, 0.8), row('7hb', 10_000, 0.7, '7h')],
+    };
+    const markdown = renderMarkdown({ ...result, targets: targets(result), beforeAfter: beforeAfter(result) });
+    expect(markdown).toContain('## Before / after (baseline 7dee40e)');
+    expect(markdown).toContain('| 5 vs 5b: row 5 | 10000 / 10000 | 1.000 | 0.700 / 0.700 | 1.000 | 3% / 7% | within 5% |');
+    expect(markdown).toContain('| 7h vs 7hb: row 7h | 9000 / 10000 | 0.900 | 0.800 / 0.700 | 1.143 | n/a / n/a | **no** (req/s −10.0%, CPU +14.3%) |');
+    const plain = { ...header, rows: [row('5', 10_000, 0.7)] };
+    expect(renderMarkdown({ ...plain, targets: targets(plain) })).not.toContain('Before / after');
   });
 });
