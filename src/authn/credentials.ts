@@ -4,12 +4,14 @@
  * (which one did the application see?) and gets a 400, as does a repeated Authorization header
  * (RFC 9110 §11.6.2 allows one) or a repeated token cookie or parameter.
  */
+import { DEFAULT_TOKEN_SOURCES } from '../config/defaults.js';
 import type { HeaderMap } from '../core/access-request.js';
 import type { CredentialExtractor, CredentialResult, ForwardedHeaders } from '../core/stages.js';
 
-export type TokenSource = { readonly header: string } | { readonly cookie: string } | { readonly query: string };
+// Defined in config/defaults.ts; re-exported for callers that import it from here.
+export { DEFAULT_TOKEN_SOURCES } from '../config/defaults.js';
 
-export const DEFAULT_TOKEN_SOURCES: readonly TokenSource[] = Object.freeze([{ header: 'authorization' }]);
+export type TokenSource = { readonly header: string } | { readonly cookie: string } | { readonly query: string };
 
 // RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i;
@@ -56,6 +58,7 @@ function queryValues(query: string | undefined, name: string): Array<string | un
   return out;
 }
 
+/** Reads the token from `sources`, in order; default DEFAULT_TOKEN_SOURCES (the Authorization header). */
 export function createCredentialExtractor(sources: readonly TokenSource[] = DEFAULT_TOKEN_SOURCES): CredentialExtractor {
   if (sources.length === 0) throw new TypeError('tokenFrom needs at least one source');
   const headers = sources.flatMap((s) => ('header' in s ? [s.header.toLowerCase()] : []));

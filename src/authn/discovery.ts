@@ -5,6 +5,7 @@
  * `introspection_endpoint`. Discovery runs at startup and is retried until it succeeds; readiness waits.
  */
 import * as client from 'openid-client';
+import { DEFAULT_INTROSPECTION_AUTH_METHOD } from '../config/defaults.js';
 import { createRemoteKeySource, KeysUnavailableError, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
 
 export const DEFAULT_DISCOVERY_TIMEOUT_SECONDS = 5;
@@ -38,7 +39,7 @@ export function isSecureOrLoopback(url: URL): boolean {
 /** One discovery request; throws when the IdP is unreachable or answers metadata for another issuer. */
 export async function discover(issuer: string, options: DiscoveryOptions = {}): Promise<client.Configuration> {
   const url = new URL(issuer);
-  const auth = options.clientSecret === undefined ? client.None() : clientAuthentication(options.authMethod ?? 'client_secret_basic', options.clientSecret);
+  const auth = options.clientSecret === undefined ? client.None() : clientAuthentication(options.authMethod ?? DEFAULT_INTROSPECTION_AUTH_METHOD, options.clientSecret);
   const config = await client.discovery(url, options.clientId ?? 'authz-sidecar', undefined, auth, {
     execute: insecureAllowed(url) ? [client.allowInsecureRequests] : [],
     timeout: options.timeoutSeconds ?? DEFAULT_DISCOVERY_TIMEOUT_SECONDS,
@@ -56,7 +57,7 @@ export function retryUntilDone(attempt: () => Promise<void>, onError: (err: Erro
   let stopped = false;
   const run = (): void => {
     attempt().catch((err: unknown) => {
-      onError(err instanceof Error ? err : new Error(String(err)));
+      onError(err instanceof Error ? err : new Error(String(err), { cause: err }));
       if (stopped) return;
       timer = setTimeout(run, DISCOVERY_RETRY_MS);
       timer.unref();
@@ -75,6 +76,8 @@ export function createDiscoveredKeySource(
   options: RemoteKeySourceOptions & { readonly onDiscovery?: (result: 'success' | 'error', error?: Error) => void } = {},
 ): KeySource {
   let inner: KeySource | undefined;
+  /** Why discovery has not succeeded yet, as the cause of KeysUnavailableError. */
+  let lastError: Error | undefined;
   let closed = false;
   const stop = retryUntilDone(
     async () => {
@@ -86,11 +89,16 @@ export function createDiscoveredKeySource(
       options.onDiscovery?.('success');
       if (!closed) inner = createRemoteKeySource(url, options);
     },
-    (err) => options.onDiscovery?.('error', err),
+    (err) => {
+      lastError = err;
+      options.onDiscovery?.('error', err);
+    },
   );
   return {
     getKey: async (header, token) => {
-      if (inner === undefined) throw new KeysUnavailableError(`discovery of ${issuer} has not succeeded yet`);
+      if (inner === undefined) {
+        throw new KeysUnavailableError(`discovery of ${issuer} has not succeeded yet`, lastError === undefined ? undefined : { cause: lastError });
+      }
       return inner.getKey(header, token);
     },
     ready: () => inner?.ready() ?? false,

@@ -2,6 +2,7 @@
  * Maps verified claims to an Identity (`identity` config). The subject must be a non-empty string: jose
  * accepts a `sub` that is an array or a number, and an empty subject would collapse into the bare prefix.
  */
+import { DEFAULT_ANONYMOUS_SUBJECT, DEFAULT_ROLES_CLAIMS, DEFAULT_SCOPES_CLAIM, DEFAULT_SUBJECT_CLAIM } from '../config/defaults.js';
 import { claimAt, copyClaims, type Claims, type ClaimValue, type Identity } from '../core/identity.js';
 import type { IdentityMapper, IdentityResult } from '../core/stages.js';
 
@@ -12,13 +13,12 @@ export interface IdentityMappingOptions {
   readonly rolesClaims?: readonly string[];
   /** A space-separated string or an array of strings. Default `scope`. */
   readonly scopesClaim?: string;
+  /** The subject of a request without a token. Default `anonymous`. */
   readonly anonymousSubject?: string;
 }
 
-export const DEFAULT_SUBJECT_CLAIM = 'sub';
-export const DEFAULT_ROLES_CLAIMS = Object.freeze(['roles', 'groups', 'realm_access.roles']);
-export const DEFAULT_SCOPES_CLAIM = 'scope';
-export const DEFAULT_ANONYMOUS_SUBJECT = 'anonymous';
+// Defined in config/defaults.ts; re-exported for callers that import them from here.
+export { DEFAULT_ANONYMOUS_SUBJECT, DEFAULT_ROLES_CLAIMS, DEFAULT_SCOPES_CLAIM, DEFAULT_SUBJECT_CLAIM } from '../config/defaults.js';
 
 function strings(value: ClaimValue | undefined, split: boolean): string[] {
   if (typeof value === 'string') return split ? value.split(' ').filter((s) => s !== '') : value === '' ? [] : [value];

@@ -1,7 +1,8 @@
 /**
  * Opaque access tokens through OAuth 2.0 Token Introspection (RFC 7662) with openid-client. Only
  * `active: true` (a real boolean, checked by openid-client) counts; `exp` and `nbf` are checked with the
- * default JWT clock skew (30 s), `aud` when `audiences` is set, and `iss` when the answer carries one. Active answers
+ * default clock skew (DEFAULT_CLOCK_SKEW_SECONDS, 30 s), `aud` when `audiences` is set, and `iss` when the
+ * answer carries one. It shares nothing with the JWT authenticator but token-shape.ts. Active answers
  * are cached (bounded LRU keyed by endpoint and the token's SHA-256) for `cacheSeconds`, never past the
  * token's `exp`; inactive answers and failures are never cached as a success, and concurrent requests
  * for the same token share one introspection call. An IdP that cannot be reached, or does not answer
@@ -12,11 +13,18 @@ import * as client from 'openid-client';
 import { copyClaims, type Claims } from '../core/identity.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { Authenticator, AuthnResult } from '../core/stages.js';
+import {
+  DEFAULT_CACHE_ENTRIES,
+  DEFAULT_CLOCK_SKEW_SECONDS,
+  DEFAULT_INTROSPECTION_AUTH_METHOD,
+  DEFAULT_INTROSPECTION_CACHE_SECONDS,
+  DEFAULT_INTROSPECTION_TIMEOUT_SECONDS,
+} from '../config/defaults.js';
 import { clientAuthentication, discover, isSecureOrLoopback, retryUntilDone } from './discovery.js';
-import { DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW_SECONDS, JWS_COMPACT, sha256 } from './jwt.js';
+import { looksLikeJwt, tokenCacheKey } from './token-shape.js';
 
-export const DEFAULT_INTROSPECTION_CACHE_SECONDS = 60;
-export const DEFAULT_INTROSPECTION_TIMEOUT_SECONDS = 5;
+// Defined in config/defaults.ts; re-exported for callers that import them from here.
+export { DEFAULT_INTROSPECTION_CACHE_SECONDS, DEFAULT_INTROSPECTION_TIMEOUT_SECONDS } from '../config/defaults.js';
 
 export interface IntrospectionEndpointOptions {
   /** The issuer the tokens belong to (the Identity's issuer; the discovery base with `discovery`). */
@@ -26,10 +34,13 @@ export interface IntrospectionEndpointOptions {
   readonly discovery?: boolean | undefined;
   readonly clientId: string;
   readonly clientSecret: string;
+  /** Default DEFAULT_INTROSPECTION_AUTH_METHOD (client_secret_basic). */
   readonly authMethod?: 'client_secret_basic' | 'client_secret_post' | undefined;
   /** When set, the answer's `aud` must contain one of these. */
   readonly audiences?: readonly string[] | undefined;
+  /** Default DEFAULT_INTROSPECTION_CACHE_SECONDS (60); never past the token's `exp`. */
   readonly cacheSeconds?: number | undefined;
+  /** Default DEFAULT_INTROSPECTION_TIMEOUT_SECONDS (5). */
   readonly timeoutSeconds?: number | undefined;
 }
 
@@ -43,6 +54,7 @@ export interface IntrospectionAuthenticatorOptions {
   /** Also introspect tokens that look like JWTs (true when no JWT issuer is configured). */
   readonly acceptJwts: boolean;
   readonly now?: () => Date;
+  /** How many active answers are remembered; default DEFAULT_CACHE_ENTRIES (10,000). */
   readonly cacheEntries?: number;
   readonly events?: IntrospectionEvents;
 }
@@ -75,7 +87,7 @@ export function createIntrospectionAuthenticator(
   const states: Endpoint[] = endpoints.map((o) => {
     if ((o.endpoint === undefined) === (o.discovery !== true)) throw new TypeError(`introspection for ${o.issuer}: exactly one of endpoint, discovery`);
     const timeoutSeconds = o.timeoutSeconds ?? DEFAULT_INTROSPECTION_TIMEOUT_SECONDS;
-    const auth = clientAuthentication(o.authMethod ?? 'client_secret_basic', o.clientSecret);
+    const auth = clientAuthentication(o.authMethod ?? DEFAULT_INTROSPECTION_AUTH_METHOD, o.clientSecret);
     const state: Endpoint = {
       options: o,
       name: o.endpoint ?? `${o.issuer} (discovery)`,
@@ -164,8 +176,8 @@ export function createIntrospectionAuthenticator(
   }
 
   async function authenticate(token: string): Promise<AuthnResult> {
-    if (!options.acceptJwts && JWS_COMPACT.test(token)) return { kind: 'notMine' };
-    const hash = sha256(token);
+    if (!options.acceptJwts && looksLikeJwt(token)) return { kind: 'notMine' };
+    const hash = tokenCacheKey(token);
     let failure: Answer | undefined;
     // An opaque token names no issuer: each endpoint is asked in turn until one knows it as active.
     for (const state of states) {

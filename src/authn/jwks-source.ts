@@ -18,6 +18,7 @@ import {
   type JSONWebKeySet,
   type JWTVerifyGetKey,
 } from 'jose';
+import { SidecarError } from '../core/errors.js';
 
 export const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
 export const DEFAULT_JWKS_COOLDOWN_MS = 30_000;
@@ -46,10 +47,13 @@ export interface KeySource {
   close(): void;
 }
 
-/** No key set was ever fetched: the IdP is unreachable. Verification maps this to 503, never to allow. */
-export class KeysUnavailableError extends Error {
+/**
+ * No key set was ever fetched: the IdP is unreachable (code KEYS_UNAVAILABLE, the reason code it maps to).
+ * Verification maps this to 503, never to allow. `cause` is the last fetch or discovery error.
+ */
+export class KeysUnavailableError extends SidecarError<'KEYS_UNAVAILABLE'> {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    super('KEYS_UNAVAILABLE', message, options);
     this.name = 'KeysUnavailableError';
   }
 }
@@ -118,6 +122,8 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
   if (!(timeoutMs > 0 && cooldownMs >= 0 && refreshMs > 0 && maxBytes > 0)) throw new TypeError('invalid JWKS timing options');
 
   let local: JWTVerifyGetKey | undefined;
+  /** Why the last fetch failed, as the cause of KeysUnavailableError while there are no keys. */
+  let lastError: Error | undefined;
   let lastSuccess = -Infinity;
   let lastAttempt = -Infinity;
   let pending: Promise<void> | undefined;
@@ -129,11 +135,13 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
       .then(
         ({ keys }) => {
           local = keys;
+          lastError = undefined;
           lastSuccess = now();
           options.onFetch?.('success');
         },
         (err: unknown) => {
-          options.onFetch?.('error', err instanceof Error ? err : new Error(String(err)));
+          lastError = err instanceof Error ? err : new Error(String(err), { cause: err });
+          options.onFetch?.('error', lastError);
         },
       )
       .finally(() => {
@@ -157,7 +165,7 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
     // loop fetches, so an IdP down at startup is not hit once per request.
     if (local === undefined && pending !== undefined) await pending;
     const current = local;
-    if (current === undefined) throw new KeysUnavailableError(`no keys could be fetched from ${url.href}`);
+    if (current === undefined) throw new KeysUnavailableError(`no keys could be fetched from ${url.href}`, lastError === undefined ? undefined : { cause: lastError });
     // Stale keys are refreshed in the background; this request is served with what we have. After a
     // failed attempt the next one waits a cooldown, so an IdP outage does not get one fetch per request.
     const t = now();

@@ -9,26 +9,37 @@
  * Verified tokens are cached (bounded LRU keyed by issuer and the token's SHA-256), never past their `exp`;
  * the policy is still evaluated on every request.
  */
-import { createHash } from 'node:crypto';
 import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { copyClaims } from '../core/identity.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { Authenticator, AuthnResult } from '../core/stages.js';
+import {
+  ASYMMETRIC_ALGORITHMS,
+  DEFAULT_ALGORITHMS,
+  DEFAULT_CACHE_ENTRIES,
+  DEFAULT_CLOCK_SKEW_SECONDS,
+  DEFAULT_HMAC_ALGORITHMS,
+  DEFAULT_JWT_CACHE_SECONDS,
+  DEFAULT_MAX_TOKEN_AGE_SECONDS,
+  HMAC_ALGORITHMS,
+  MIN_SECRET_BYTES,
+} from '../config/defaults.js';
 import { createDiscoveredKeySource } from './discovery.js';
 import { createRemoteKeySource, KeysUnavailableError, type FetchResult, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
+import { looksLikeJwt, tokenCacheKey } from './token-shape.js';
 
-export const DEFAULT_ALGORITHMS = Object.freeze(['RS256', 'PS256', 'ES256', 'EdDSA']);
-export const ASYMMETRIC_ALGORITHMS = Object.freeze([
-  'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519',
-]);
-export const HMAC_ALGORITHMS = Object.freeze(['HS256', 'HS384', 'HS512']);
-/** RFC 7518 §3.2: an HMAC key at least as long as the hash output; we ask for 256 bits for every HS*. */
-export const MIN_SECRET_BYTES = 32;
-export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
-/** How long a verified JWT is remembered (never past its exp), and how many are. */
-export const DEFAULT_JWT_CACHE_SECONDS = 300;
-export const DEFAULT_CACHE_ENTRIES = 10_000;
+// Defined in config/defaults.ts; re-exported for callers that import them from here.
+export {
+  ASYMMETRIC_ALGORITHMS,
+  DEFAULT_ALGORITHMS,
+  DEFAULT_CACHE_ENTRIES,
+  DEFAULT_CLOCK_SKEW_SECONDS,
+  DEFAULT_JWT_CACHE_SECONDS,
+  HMAC_ALGORITHMS,
+  MIN_SECRET_BYTES,
+} from '../config/defaults.js';
+export { JWS_COMPACT, tokenCacheKey as sha256 } from './token-shape.js';
 
 /** Where an issuer's keys come from: exactly one. */
 export type KeyConfig =
@@ -42,10 +53,11 @@ export interface JwtIssuerOptions {
   /** The token's `aud` must contain one of these. Required, never empty. */
   readonly audiences: readonly string[];
   readonly keys: KeyConfig;
-  /** Default RS256, PS256, ES256, EdDSA; HS256 for a secret. */
+  /** Default DEFAULT_ALGORITHMS (RS256, PS256, ES256, EdDSA); DEFAULT_HMAC_ALGORITHMS (HS256) for a secret. */
   readonly algorithms?: readonly string[] | undefined;
+  /** Default DEFAULT_CLOCK_SKEW_SECONDS (30). */
   readonly clockSkewSeconds?: number | undefined;
-  /** 0 = no limit on `iat` age. */
+  /** 0 = no limit on `iat` age (the default, DEFAULT_MAX_TOKEN_AGE_SECONDS). */
   readonly maxTokenAgeSeconds?: number | undefined;
 }
 
@@ -61,7 +73,9 @@ export interface JwtAuthenticatorOptions {
   readonly now?: () => Date;
   /** Remote JWKS timing: fetch timeout, refetch cooldown on an unknown kid, background refresh. */
   readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'onFetch'>;
+  /** How long a verified token is remembered, never past its exp; default DEFAULT_JWT_CACHE_SECONDS (300). */
   readonly cacheSeconds?: number;
+  /** How many verified tokens are remembered; default DEFAULT_CACHE_ENTRIES (10,000). */
   readonly cacheEntries?: number;
   readonly events?: KeyEvents;
 }
@@ -86,9 +100,6 @@ interface CachedToken {
   readonly validUntilMs: number;
 }
 
-/** The shape of a JWS in compact serialization; anything else is not a JWT ("not mine"). */
-export const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
-
 /** Checks a JWKS document read from a file; throws a TypeError naming the problem. */
 export function checkJwks(parsed: unknown): JSONWebKeySet {
   if (typeof parsed !== 'object' || parsed === null || !Array.isArray((parsed as { keys?: unknown }).keys)) {
@@ -105,7 +116,7 @@ export function checkJwks(parsed: unknown): JSONWebKeySet {
 function checkOptions(o: JwtIssuerOptions): string[] {
   if (o.audiences.length === 0) throw new TypeError(`issuer ${o.issuer}: audiences must not be empty`);
   const hmac = 'secret' in o.keys;
-  const algorithms = [...(o.algorithms ?? (hmac ? ['HS256'] : DEFAULT_ALGORITHMS))];
+  const algorithms = [...(o.algorithms ?? (hmac ? DEFAULT_HMAC_ALGORITHMS : DEFAULT_ALGORITHMS))];
   const allowed = hmac ? HMAC_ALGORITHMS : ASYMMETRIC_ALGORITHMS;
   for (const alg of algorithms) {
     if (!allowed.includes(alg)) throw new TypeError(`issuer ${o.issuer}: algorithm ${alg} is not allowed with ${hmac ? 'a secret' : 'public keys'}`);
@@ -149,11 +160,6 @@ function classify(err: unknown): { reason: ReasonCode; detail: string } {
   return { reason: 'TOKEN_INVALID', detail: 'the token is malformed or unsupported' };
 }
 
-export function sha256(text: string): string {
-  // createHash, not crypto.hash: the one-shot API needs Node 20.12, and engines says >=20.
-  return createHash('sha256').update(text).digest('base64url');
-}
-
 export interface JwtAuthenticator extends Authenticator {
   /**
    * Swaps the keys of issuers configured with a JWKS file or a secret (a mounted Secret was updated).
@@ -190,7 +196,7 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       audiences: [...o.audiences],
       algorithms,
       clockSkewSeconds: o.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS,
-      maxTokenAgeSeconds: o.maxTokenAgeSeconds ?? 0,
+      maxTokenAgeSeconds: o.maxTokenAgeSeconds ?? DEFAULT_MAX_TOKEN_AGE_SECONDS,
       key,
       remote,
     });
@@ -216,14 +222,15 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     const currentMs = currentDate.getTime();
     // The cache is looked up first: a token seen before is not decoded again. The key is the SHA-256 of
     // the whole token, so a hit is the very token that was verified (its issuer included).
-    const cacheKey = sha256(token);
+    const cacheKey = tokenCacheKey(token);
     const cached = cache.get(cacheKey);
     if (cached !== undefined && cached.validUntilMs > currentMs) {
       events.cache?.(true);
       return cached.result;
     }
 
-    if (!JWS_COMPACT.test(token)) return NOT_MINE;
+    // Not the shape of a JWT: not mine (an opaque token for introspection, perhaps).
+    if (!looksLikeJwt(token)) return NOT_MINE;
     let iss: unknown;
     try {
       iss = decodeJwt(token).iss;

@@ -9,7 +9,9 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { DefaultRoleManager, Helper, newEnforcer, newModelFromString, StringAdapter, type Enforcer, type Model, type RoleManager } from 'casbin';
 import { LRUCache } from 'lru-cache';
+import { DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_REQUEST_FIELDS, DEFAULT_ROLE_PREFIX, DEFAULT_SUBJECT_PREFIX } from '../config/defaults.js';
 import type { AccessRequest } from '../core/access-request.js';
+import { SidecarError } from '../core/errors.js';
 import { claimAt, type Identity } from '../core/identity.js';
 import type { Authorizer, AuthzResult } from '../core/stages.js';
 import { parsePolicyText, type PolicyLine } from './policy-file.js';
@@ -18,21 +20,24 @@ import { anchoredPattern, lintPolicy, regexPatterns, type Finding } from './poli
 
 export type RequestField = 'subject' | 'path' | 'method' | 'host' | 'peer' | `claim:${string}` | `header:${string}`;
 
-export const DEFAULT_REQUEST_FIELDS: readonly RequestField[] = Object.freeze(['subject', 'path', 'method']);
-export const DEFAULT_SUBJECT_PREFIX = 'user:';
-export const DEFAULT_ROLE_PREFIX = 'role:';
+// Defined in config/defaults.ts; re-exported for callers that import them from here.
+export { DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_REQUEST_FIELDS, DEFAULT_ROLE_PREFIX, DEFAULT_SUBJECT_PREFIX } from '../config/defaults.js';
 /** Depth of role inheritance followed through `g` lines. */
 export const MAX_ROLE_HIERARCHY = 10;
-export const DEFAULT_DECISION_CACHE_ENTRIES = 10_000;
 /** Average key budget per decision cache entry: 10,000 entries hold at most about 2.5 MiB of keys. */
 const DECISION_CACHE_BYTES_PER_ENTRY = 256;
 
 export interface CasbinAuthorizerOptions {
   readonly modelPath: string;
   readonly policyPath: string;
-  /** What fills Casbin's `r`, in order; must have as many fields as the model's request definition. */
+  /**
+   * What fills Casbin's `r`, in order; must have as many fields as the model's request definition.
+   * Default DEFAULT_REQUEST_FIELDS (subject, path, method).
+   */
   readonly request?: readonly RequestField[];
+  /** Default DEFAULT_SUBJECT_PREFIX (`user:`). */
   readonly subjectPrefix?: string;
+  /** Default DEFAULT_ROLE_PREFIX (`role:`); must differ from subjectPrefix. */
   readonly rolePrefix?: string;
   /** Evaluate only the lines the policy index selects (default true; false = Casbin over every line). */
   readonly index?: boolean;
@@ -105,8 +110,11 @@ export class PolicyTextAdapter extends StringAdapter {
   }
 }
 
-/** Where a loading problem is (which file, which config key), so the config error can name it. */
-export class PolicyLoadError extends Error {
+/**
+ * A model or policy that cannot be loaded (code POLICY_INVALID), with where the problem is (which file,
+ * which config key) so the config error can name it, and casbin's or fs's error as `cause`.
+ */
+export class PolicyLoadError extends SidecarError<'POLICY_INVALID'> {
   readonly configKey: 'authz.model' | 'authz.policy' | 'authz.request';
 
   constructor(
@@ -114,7 +122,7 @@ export class PolicyLoadError extends Error {
     message: string,
     options?: { cause?: unknown; configKey?: 'authz.request' },
   ) {
-    super(message, options);
+    super('POLICY_INVALID', message, options);
     this.name = 'PolicyLoadError';
     this.configKey = options?.configKey ?? `authz.${file}`;
   }

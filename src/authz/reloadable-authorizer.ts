@@ -28,7 +28,7 @@ export function createReloadableAuthorizer(initial: CasbinAuthorizer, load: () =
       serving = next;
       return { ok: true, sha256: next.sha256, changed };
     } catch (err) {
-      return { ok: false, error: err instanceof Error ? err : new Error(String(err)) };
+      return { ok: false, error: err instanceof Error ? err : new Error(String(err), { cause: err }) };
     }
   }
 

@@ -4,6 +4,7 @@
  * coverage of the policy's `p` lines. Exit codes: 0 all pass / allow, 1 a failing case / deny / coverage
  * below --coverage-min, 2 bad usage or bad files.
  */
+import type { Stats } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { dirname, extname, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -57,8 +58,12 @@ function explain(engine: PolicyEngine, decision: Decision): string {
 async function testFiles(paths: readonly string[]): Promise<string[]> {
   const out: string[] = [];
   for (const p of paths) {
-    const info = await stat(p).catch(() => undefined);
-    if (info === undefined) throw new UsageError(`no such file or folder: ${p}`);
+    let info: Stats;
+    try {
+      info = await stat(p);
+    } catch (err) {
+      throw new UsageError(`no such file or folder: ${p}`, { cause: err });
+    }
     if (info.isFile()) out.push(resolve(p));
     else {
       const entries = await readdir(p, { recursive: true, withFileTypes: true });
@@ -220,8 +225,8 @@ export async function policyCheck(args: string[]): Promise<number> {
     let claims: unknown;
     try {
       claims = JSON.parse(values.claims);
-    } catch {
-      throw new UsageError('--claims must be a JSON object');
+    } catch (err) {
+      throw new UsageError('--claims must be a JSON object', { cause: err });
     }
     if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) throw new UsageError('--claims must be a JSON object');
     identity = { claims: claims as Record<string, unknown> };

@@ -8,6 +8,7 @@ import { constants } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import type { z } from 'zod';
+import { SidecarError } from '../core/errors.js';
 import { configSchemaChecked, type Config } from './schema.js';
 
 export interface ConfigIssue {
@@ -18,14 +19,27 @@ export interface ConfigIssue {
   readonly line?: number | undefined;
 }
 
-export class ConfigError extends Error {
+/**
+ * A config (or a file read like one) that cannot be used, code CONFIG_INVALID. `cause` is the library
+ * error behind the issues when there is one: the YAML parse error, the fs error of an unreadable file
+ * (an AggregateError when several files are unreadable).
+ */
+export class ConfigError extends SidecarError<'CONFIG_INVALID'> {
   constructor(
     readonly file: string,
     readonly issues: readonly ConfigIssue[],
+    options?: { cause?: unknown },
   ) {
-    super(`invalid config ${file}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`);
+    super('CONFIG_INVALID', `invalid config ${file}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`, options);
     this.name = 'ConfigError';
   }
+}
+
+/** The `cause` of an error wrapping these library errors: none, the one, or an AggregateError of them all. */
+function causeOf(errors: readonly unknown[]): { cause?: unknown } {
+  if (errors.length === 0) return {};
+  if (errors.length === 1) return { cause: errors[0] };
+  return { cause: new AggregateError(errors, `${errors.length} errors`) };
 }
 
 function formatIssue(issue: ConfigIssue): string {
@@ -178,14 +192,16 @@ export async function validateConfig(
     if (seen.has(issuer.issuer)) issues.push({ path: `authn.jwt[${i}].issuer`, message: 'this issuer is configured twice' });
     seen.add(issuer.issuer);
   });
+  const unreadable: unknown[] = [];
   for (const [key, path] of files) {
     try {
       await access(path, constants.R_OK);
-    } catch {
+    } catch (err) {
       issues.push({ path: key, message: `cannot read file ${path}` });
+      unreadable.push(err);
     }
   }
-  if (issues.length > 0) throw new ConfigError(file, issues);
+  if (issues.length > 0) throw new ConfigError(file, issues, causeOf(unreadable));
   return deepFreeze(config);
 }
 
@@ -216,7 +232,7 @@ export async function readYamlFile(file: string, what = 'file'): Promise<YamlFil
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, [{ path: '', message: `cannot read the ${what}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }]);
+    throw new ConfigError(file, [{ path: '', message: `cannot read the ${what}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }], { cause: err });
   }
   const counter = new LineCounter();
   const doc = parseDocument(text, { lineCounter: counter, prettyErrors: true, uniqueKeys: true });
@@ -224,13 +240,14 @@ export async function readYamlFile(file: string, what = 'file'): Promise<YamlFil
     throw new ConfigError(
       file,
       doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0] ?? e.code}`, line: e.linePos?.[0].line })),
+      causeOf(doc.errors),
     );
   }
   let data: unknown;
   try {
     data = doc.toJS({ maxAliasCount: 100 }) as unknown;
   } catch (err) {
-    throw new ConfigError(file, [{ path: '', message: `YAML: ${(err as Error).message.split('\n')[0] ?? 'cannot be read'}` }]);
+    throw new ConfigError(file, [{ path: '', message: `YAML: ${(err as Error).message.split('\n')[0] ?? 'cannot be read'}` }], { cause: err });
   }
   const shapeError = checkShape(data);
   if (shapeError !== undefined) throw new ConfigError(file, [{ path: '', message: `YAML: ${shapeError}` }]);

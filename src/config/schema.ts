@@ -1,9 +1,46 @@
 /**
  * The configuration schema (DESIGN.md §2). Every object is strict: an unknown key is an error, because a
- * misspelt security setting silently ignored is a security bug. Defaults are filled here, once.
+ * misspelt security setting silently ignored is a security bug. Defaults are filled here, from the constants
+ * in defaults.ts that the library modules fall back to as well.
  */
 import { z } from 'zod';
-import { ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_CLOCK_SKEW_SECONDS } from '../authn/jwt.js';
+import {
+  ASYMMETRIC_ALGORITHMS,
+  DEFAULT_ADMIN_LISTEN,
+  DEFAULT_ALGORITHMS,
+  DEFAULT_ANONYMOUS_SUBJECT,
+  DEFAULT_AUTHZ_MODE,
+  DEFAULT_AUTHZ_WATCH,
+  DEFAULT_CLOCK_SKEW_SECONDS,
+  DEFAULT_DECISION_LOG,
+  DEFAULT_DRAIN_SECONDS,
+  DEFAULT_ENCODED_SLASHES,
+  DEFAULT_EXT_AUTHZ_PATH_PREFIX,
+  DEFAULT_FORWARD_TOKEN,
+  DEFAULT_HEADER_PREFIX,
+  DEFAULT_HMAC_ALGORITHMS,
+  DEFAULT_INTROSPECTION_AUTH_METHOD,
+  DEFAULT_INTROSPECTION_CACHE_SECONDS,
+  DEFAULT_INTROSPECTION_TIMEOUT_SECONDS,
+  DEFAULT_ISSUER_HEADER,
+  DEFAULT_LISTEN,
+  DEFAULT_LOG_LEVEL,
+  DEFAULT_MAX_TOKEN_AGE_SECONDS,
+  DEFAULT_REQUEST_FIELDS,
+  DEFAULT_ROLE_PREFIX,
+  DEFAULT_ROLES_CLAIMS,
+  DEFAULT_ROLES_HEADER,
+  DEFAULT_SCOPES_CLAIM,
+  DEFAULT_SCOPES_HEADER,
+  DEFAULT_SEMICOLONS,
+  DEFAULT_SUBJECT_CLAIM,
+  DEFAULT_SUBJECT_HEADER,
+  DEFAULT_SUBJECT_PREFIX,
+  DEFAULT_TOKEN_SOURCES,
+  DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
+  DEFAULT_UPSTREAM_WEBSOCKETS,
+  HMAC_ALGORITHMS,
+} from './defaults.js';
 import { parseListenAddress, parseUpstreamUrl } from './address.js';
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -19,7 +56,6 @@ const listenAddress = z.string({ error: 'must be host:port or unix:/path.sock' }
   message: 'must be host:port or unix:/path.sock',
 });
 
-const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
 const algorithm = z.string().superRefine((alg, ctx) => {
   if (alg.toLowerCase() === 'none') ctx.addIssue({ code: 'custom', message: '"none" is never allowed' });
   else if (!HMAC_ALGORITHMS.includes(alg) && !ASYMMETRIC_ALGORITHMS.includes(alg)) {
@@ -51,7 +87,7 @@ const jwtIssuer = z
     secretFile: z.string().min(1).optional(),
     algorithms: z.array(algorithm).min(1).optional(),
     clockSkewSeconds: z.number().int().min(0).max(300).default(DEFAULT_CLOCK_SKEW_SECONDS),
-    maxTokenAgeSeconds: z.number().int().min(0).default(0),
+    maxTokenAgeSeconds: z.number().int().min(0).default(DEFAULT_MAX_TOKEN_AGE_SECONDS),
   })
   .superRefine((issuer, ctx) => {
     const sources = [issuer.discovery ? true : undefined, issuer.jwksUri, issuer.jwksFile, issuer.secretFile].filter((s) => s !== undefined);
@@ -69,7 +105,7 @@ const jwtIssuer = z
   })
   .transform((issuer) => ({
     ...issuer,
-    algorithms: issuer.algorithms ?? (issuer.secretFile !== undefined ? ['HS256'] : [...DEFAULT_ALGORITHMS]),
+    algorithms: issuer.algorithms ?? [...(issuer.secretFile !== undefined ? DEFAULT_HMAC_ALGORITHMS : DEFAULT_ALGORITHMS)],
   }));
 
 const introspection = z
@@ -79,10 +115,10 @@ const introspection = z
     endpoint: idpUrl.optional(),
     clientId: z.string().min(1),
     clientSecretFile: z.string().min(1),
-    authMethod: z.enum(['client_secret_basic', 'client_secret_post']).default('client_secret_basic'),
+    authMethod: z.enum(['client_secret_basic', 'client_secret_post']).default(DEFAULT_INTROSPECTION_AUTH_METHOD),
     audiences: z.array(z.string().min(1)).min(1).optional(),
-    cacheSeconds: z.number().int().min(0).max(3600).default(60),
-    timeoutSeconds: z.number().positive().max(60).default(5),
+    cacheSeconds: z.number().int().min(0).max(3600).default(DEFAULT_INTROSPECTION_CACHE_SECONDS),
+    timeoutSeconds: z.number().positive().max(60).default(DEFAULT_INTROSPECTION_TIMEOUT_SECONDS),
   })
   .superRefine((entry, ctx) => {
     if (entry.discovery === (entry.endpoint !== undefined)) {
@@ -106,21 +142,21 @@ const requestField = z
   );
 
 export const configSchema = z.strictObject({
-  listen: listenAddress.default('0.0.0.0:8080'),
+  listen: listenAddress.default(DEFAULT_LISTEN),
   upstream: z.strictObject({
     url: z.string().refine((s) => parseUpstreamUrl(s) !== undefined, {
       message: 'must be http://host:port or unix:/path/app.sock',
     }),
-    timeoutSeconds: z.number().positive().max(3600).default(30),
-    websockets: z.boolean().default(true),
+    timeoutSeconds: z.number().positive().max(3600).default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS),
+    websockets: z.boolean().default(DEFAULT_UPSTREAM_WEBSOCKETS),
   }).optional(),
-  admin: z.strictObject({ listen: listenAddress.default('127.0.0.1:8081') }).prefault({}),
+  admin: z.strictObject({ listen: listenAddress.default(DEFAULT_ADMIN_LISTEN) }).prefault({}),
   extAuthz: z
     .strictObject({
       http: z
         .strictObject({
           listen: listenAddress,
-          pathPrefix: z.string().regex(/^(\/[^?#\s]*)?$/, 'must be empty or a path starting with "/"').default(''),
+          pathPrefix: z.string().regex(/^(\/[^?#\s]*)?$/, 'must be empty or a path starting with "/"').default(DEFAULT_EXT_AUTHZ_PATH_PREFIX),
         })
         .optional(),
       grpc: z.strictObject({ listen: listenAddress }).optional(),
@@ -131,17 +167,17 @@ export const configSchema = z.strictObject({
     .strictObject({
       jwt: z.array(jwtIssuer).default([]),
       introspection: z.array(introspection).default([]),
-      tokenFrom: z.array(tokenSource).min(1).default([{ header: 'authorization' }]),
+      tokenFrom: z.array(tokenSource).min(1).default(() => DEFAULT_TOKEN_SOURCES.map((source) => ({ ...source }))),
     })
     .prefault({}),
   identity: z
     .strictObject({
-      subjectClaim: z.union([z.string().regex(CLAIM_PATH), z.array(z.string().regex(CLAIM_PATH)).min(1)]).default('sub'),
-      rolesClaims: z.array(z.string().regex(CLAIM_PATH)).default(['roles', 'groups', 'realm_access.roles']),
-      scopesClaim: z.string().regex(CLAIM_PATH).default('scope'),
-      subjectPrefix: z.string().default('user:'),
-      rolePrefix: z.string().default('role:'),
-      anonymousSubject: z.string().min(1).default('anonymous'),
+      subjectClaim: z.union([z.string().regex(CLAIM_PATH), z.array(z.string().regex(CLAIM_PATH)).min(1)]).default(DEFAULT_SUBJECT_CLAIM),
+      rolesClaims: z.array(z.string().regex(CLAIM_PATH)).default(() => [...DEFAULT_ROLES_CLAIMS]),
+      scopesClaim: z.string().regex(CLAIM_PATH).default(DEFAULT_SCOPES_CLAIM),
+      subjectPrefix: z.string().default(DEFAULT_SUBJECT_PREFIX),
+      rolePrefix: z.string().default(DEFAULT_ROLE_PREFIX),
+      anonymousSubject: z.string().min(1).default(DEFAULT_ANONYMOUS_SUBJECT),
     })
     .prefault({})
     .superRefine((identity, ctx) => {
@@ -155,32 +191,32 @@ export const configSchema = z.strictObject({
   authz: z.strictObject({
     model: z.string().min(1),
     policy: z.string().min(1),
-    request: z.array(requestField).min(1).default(['subject', 'path', 'method']),
-    mode: z.enum(['enforce', 'dryRun']).default('enforce'),
-    watch: z.boolean().default(true),
+    request: z.array(requestField).min(1).default(() => [...DEFAULT_REQUEST_FIELDS]),
+    mode: z.enum(['enforce', 'dryRun']).default(DEFAULT_AUTHZ_MODE),
+    watch: z.boolean().default(DEFAULT_AUTHZ_WATCH),
   }),
-  shutdown: z.strictObject({ drainSeconds: z.number().min(0).max(600).default(20) }).prefault({}),
+  shutdown: z.strictObject({ drainSeconds: z.number().min(0).max(600).default(DEFAULT_DRAIN_SECONDS) }).prefault({}),
   headers: z
     .strictObject({
-      prefix: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]*$/, 'must be the start of an HTTP header name').default('x-auth-').transform((s) => s.toLowerCase()),
-      subject: headerName.default('x-auth-subject'),
-      issuer: headerName.default('x-auth-issuer'),
-      roles: headerName.default('x-auth-roles'),
-      scopes: headerName.default('x-auth-scopes'),
+      prefix: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]*$/, 'must be the start of an HTTP header name').default(DEFAULT_HEADER_PREFIX).transform((s) => s.toLowerCase()),
+      subject: headerName.default(DEFAULT_SUBJECT_HEADER),
+      issuer: headerName.default(DEFAULT_ISSUER_HEADER),
+      roles: headerName.default(DEFAULT_ROLES_HEADER),
+      scopes: headerName.default(DEFAULT_SCOPES_HEADER),
       claims: z.record(headerName, z.string().regex(CLAIM_PATH, 'must be a dotted claim path')).default({}),
-      forwardToken: z.boolean().default(false),
+      forwardToken: z.boolean().default(DEFAULT_FORWARD_TOKEN),
     })
     .prefault({}),
   paths: z
     .strictObject({
-      encodedSlashes: z.enum(['reject', 'decode']).default('reject'),
-      semicolons: z.enum(['reject', 'keep']).default('reject'),
+      encodedSlashes: z.enum(['reject', 'decode']).default(DEFAULT_ENCODED_SLASHES),
+      semicolons: z.enum(['reject', 'keep']).default(DEFAULT_SEMICOLONS),
     })
     .prefault({}),
   logging: z
     .strictObject({
-      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-      decisions: z.enum(['none', 'denied', 'all']).default('denied'),
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULT_LOG_LEVEL),
+      decisions: z.enum(['none', 'denied', 'all']).default(DEFAULT_DECISION_LOG),
     })
     .prefault({}),
 });

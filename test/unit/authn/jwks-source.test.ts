@@ -167,16 +167,24 @@ describe('createRemoteKeySource: initial fetch', () => {
   it('never fetched and the endpoint is down: getKey throws KeysUnavailableError', async () => {
     const port = await closedPort();
     const h = keySource(new URL(`http://127.0.0.1:${port}/certs`), { timeoutMs: 2_000 });
-    await expect(h.verify(OLD_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    const err = await h.verify(OLD_TOKEN).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(KeysUnavailableError);
     expect(h.source.ready()).toBe(false);
     expect(h.fetches.length).toBeGreaterThanOrEqual(1);
     expect(h.fetches.every((f) => f.result === 'error' && f.error instanceof Error)).toBe(true);
+    // The code it maps to, and why: the fetch error (fetch's TypeError) is kept as the cause.
+    expect((err as KeysUnavailableError).code).toBe('KEYS_UNAVAILABLE');
+    expect((err as KeysUnavailableError).cause).toBeInstanceOf(Error);
+    expect((err as KeysUnavailableError).cause).toBe(h.fetches.at(-1)?.error);
   });
 
   it('never fetched and the endpoint answers 500: getKey throws KeysUnavailableError', async () => {
     const server = await jwksServer(raw(500, JSON.stringify({ keys: [OLD.jwk] })));
     const h = keySource(server.url);
-    await expect(h.verify(OLD_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    const err = await h.verify(OLD_TOKEN).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(KeysUnavailableError);
+    expect((err as Error).cause).toBeInstanceOf(Error);
+    expect(((err as Error).cause as Error).message).toBe('JWKS endpoint answered HTTP 500');
     expect(h.source.ready()).toBe(false);
   });
 

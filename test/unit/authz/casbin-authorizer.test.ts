@@ -218,6 +218,30 @@ describe('createCasbinAuthorizer: loading', () => {
     expect(err.file).toBe('policy');
   });
 
+  it('a model casbin cannot read is a policy error with code POLICY_INVALID and casbin\'s error as cause', async () => {
+    const broken = FIELD_MODEL.replace(/\[policy_effect\][^[]*/, '');
+    const err = await loadError(authorizer(broken, 'p, alice, x\n'));
+    expect(err.code).toBe('POLICY_INVALID');
+    expect(err.file).toBe('policy');
+    expect(err.configKey).toBe('authz.policy');
+    expect(err.cause).toBeInstanceOf(Error);
+    expect(err.cause).not.toBeInstanceOf(PolicyLoadError);
+    // The message is ours and still carries casbin's words; the cause is casbin's error itself.
+    expect(err.message).toBe(`cannot load the Casbin model and policy: ${(err.cause as Error).message}`);
+  });
+
+  it('a lint failure has code POLICY_INVALID and no cause (no library error behind it)', async () => {
+    const err = await loadError(authorizer(RBAC_MODEL, RBAC_POLICY, { request: ['subject', 'path'] }));
+    expect(err.code).toBe('POLICY_INVALID');
+    expect(err.cause).toBeUndefined();
+  });
+
+  it('an unreadable model keeps the fs error (ENOENT) as cause', async () => {
+    const err = await loadError(createCasbinAuthorizer({ modelPath: join(dir, 'no-such-model.conf'), policyPath: await write(RBAC_POLICY) }));
+    expect(err.code).toBe('POLICY_INVALID');
+    expect((err.cause as NodeJS.ErrnoException).code).toBe('ENOENT');
+  });
+
   it('an unreadable model is a model error', async () => {
     const err = await loadError(createCasbinAuthorizer({ modelPath: join(dir, 'no-such-model.conf'), policyPath: await write(RBAC_POLICY) }));
     expect(err.file).toBe('model');

@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { YAMLParseError } from 'yaml';
 import { ConfigError, loadConfig } from '../../../src/config/load.js';
 
 let dir: string;
@@ -171,5 +172,45 @@ describe('loadConfig', () => {
     const file = await write('line.yaml', `${BASE}\nbogus: 1\n`);
     const err = (await loadConfig(file, {}).catch((e: unknown) => e)) as ConfigError;
     expect(err.message).toMatch(/bogus: unknown key \(line \d+\)/);
+  });
+});
+
+describe('ConfigError: code and cause', () => {
+  async function configError(file: string): Promise<ConfigError> {
+    const err = await loadConfig(file, {}).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).code).toBe('CONFIG_INVALID');
+    return err as ConfigError;
+  }
+
+  it('a broken YAML file keeps the YAML parse error as cause', async () => {
+    const err = await configError(await write('broken-cause.yaml', 'upstream:\n  url: [unclosed\n'));
+    expect(err.cause).toBeInstanceOf(YAMLParseError);
+    expect(err.issues[0]?.message).toBe(`YAML: ${(err.cause as Error).message.split('\n')[0]}`);
+  });
+
+  it('a YAML file with several syntax errors keeps them all (AggregateError)', async () => {
+    const err = await configError(await write('broken-twice.yaml', 'a: 1\na: 2\nb: [x\n'));
+    expect(err.issues.length).toBeGreaterThan(1);
+    expect(err.cause).toBeInstanceOf(AggregateError);
+    const all = (err.cause as AggregateError).errors;
+    expect(all).toHaveLength(err.issues.length);
+    expect(all.every((e) => e instanceof YAMLParseError)).toBe(true);
+  });
+
+  it('a missing config file keeps the fs error as cause', async () => {
+    const err = await configError(join(dir, 'absent-cause.yaml'));
+    expect((err.cause as NodeJS.ErrnoException).code).toBe('ENOENT');
+  });
+
+  it('an unreadable file the config names keeps the fs error as cause', async () => {
+    const err = await configError(await write('no-policy.yaml', BASE.replace('./policy.csv', './no-such-policy.csv')));
+    expect(err.issues.map((i) => i.path)).toEqual(['authz.policy']);
+    expect((err.cause as NodeJS.ErrnoException).code).toBe('ENOENT');
+  });
+
+  it('a schema failure has no cause: no library error is behind it', async () => {
+    const err = await configError(await write('schema.yaml', `${BASE}\nbogus: 1\n`));
+    expect(err.cause).toBeUndefined();
   });
 });
