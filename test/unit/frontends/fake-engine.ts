@@ -103,8 +103,8 @@ export function header(answer: RawAnswer, name: string): string | undefined {
 }
 
 /**
- * Sends `head` (the request line and header lines, no terminating blank line) as raw bytes and reads the
- * answer until the server closes the connection (a `Connection: close` is added unless `keepOpen`).
+ * Sends the request line and header lines (no terminating blank line) as raw bytes and reads the
+ * answer until the server closes the connection (a `Connection: close` is added unless `close: false`).
  */
 export function rawExchange(address: string, lines: readonly string[], options: { readonly close?: boolean; readonly body?: string } = {}): Promise<RawAnswer> {
   const [host = '', port = ''] = address.split(/:(?=\d+$)/);
