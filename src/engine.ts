@@ -45,7 +45,7 @@ export async function buildAuthorizer(config: Config, issues: ConfigIssue[], onD
     });
   } catch (err) {
     if (!(err instanceof PolicyLoadError)) throw err;
-    issues.push({ path: err.configKey, message: err.message });
+    issues.push({ path: err.configKey, message: err.message, cause: err });
     return undefined;
   }
 }

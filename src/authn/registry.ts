@@ -9,7 +9,8 @@ import type { ConfigIssue } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { Authenticator } from '../core/stages.js';
 import { createIntrospectionAuthenticator, type IntrospectionEndpointOptions } from './introspection.js';
-import { checkJwks, createJwtAuthenticator, MIN_SECRET_BYTES, type JwtAuthenticatorOptions, type JwtIssuerOptions, type KeyConfig } from './jwt.js';
+import { MIN_SECRET_BYTES } from '../config/defaults.js';
+import { checkJwks, createJwtAuthenticator, type JwtAuthenticatorOptions, type JwtIssuerOptions, type KeyConfig } from './jwt.js';
 
 /** Where authenticators report what operations want to see; every member optional. */
 export interface AuthnEventSink {

@@ -3,7 +3,8 @@
  * usage or bad config. Arguments are parsed with node:util parseArgs: the commands are few and flat.
  */
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from '../config/load.js';
+import { loadConfig } from '../config/load.js';
+import { SidecarError } from '../core/errors.js';
 import { policyCheck, policyTest, POLICY_USAGE } from './policy.js';
 import { validate } from './validate.js';
 import { UsageError } from './usage-error.js';
@@ -95,11 +96,12 @@ export async function main(argv: readonly string[]): Promise<number> {
         throw new UsageError(`unknown command "${command}"`);
     }
   } catch (err) {
-    if (err instanceof ConfigError) {
+    // Bad config (CONFIG_INVALID, POLICY_INVALID) and bad usage exit 2; anything else is 1.
+    if (err instanceof SidecarError && (err.code === 'CONFIG_INVALID' || err.code === 'POLICY_INVALID')) {
       console.error(`authz-sidecar: ${err.message}`);
       return 2;
     }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if ((err instanceof SidecarError && err.code === 'USAGE') || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       console.error(`authz-sidecar: ${(err as Error).message}\n${USAGE}`);
       return 2;
     }

@@ -17,6 +17,8 @@ export interface ConfigIssue {
   readonly message: string;
   /** 1-based line in the config file, when known. */
   readonly line?: number | undefined;
+  /** The library error behind the issue, when there is one (kept as the ConfigError's cause). */
+  readonly cause?: unknown;
 }
 
 /**
@@ -30,7 +32,8 @@ export class ConfigError extends SidecarError<'CONFIG_INVALID'> {
     readonly issues: readonly ConfigIssue[],
     options?: { cause?: unknown },
   ) {
-    super('CONFIG_INVALID', `invalid config ${file}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`, options);
+    // Without an explicit cause, the errors behind the issues are the cause.
+    super('CONFIG_INVALID', `invalid config ${file}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`, options ?? causeOf(issues.flatMap((i) => (i.cause === undefined ? [] : [i.cause]))));
     this.name = 'ConfigError';
   }
 }

@@ -133,7 +133,7 @@ export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor 
       headers,
       peer: request.attributes?.source?.principal ?? '',
       // The original request's x-request-id when sane, else Envoy's request id, else a new one.
-      requestId: requestIdOrNew(headers['x-request-id']?.[0] ?? http.id),
+      requestId: requestIdOrNew(headers['x-request-id']?.[0], http.id),
       rewritesPath: false,
       removesHeaders: true,
     });

@@ -32,7 +32,9 @@ function original(headers: HeaderMap): { method: string; target: string; host: s
   };
   const method = single(methodName);
   const target = single(uriName);
-  const host = single('x-forwarded-host') ?? single('host');
+  // A repeated X-Forwarded-Host (null) is an error, not a reason to fall back to the check's own Host.
+  const forwardedHost = single('x-forwarded-host');
+  const host = forwardedHost === undefined ? single('host') : forwardedHost;
   if (method === null || target === null || host === null) return { error: 'forward-auth got a repeated X-Forwarded-*/X-Original-* or Host header' };
   if (method === undefined || target === undefined) {
     return { error: `forward-auth needs ${methodName} and ${uriName}` };

@@ -8,8 +8,10 @@ import type { IncomingMessage } from 'node:http';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-export function requestIdOrNew(given: string | undefined): string {
-  return given !== undefined && REQUEST_ID.test(given) ? given : randomUUID();
+/** The first of `candidates` that is a sane token, else a new UUID. */
+export function requestIdOrNew(...candidates: Array<string | undefined>): string {
+  for (const given of candidates) if (given !== undefined && REQUEST_ID.test(given)) return given;
+  return randomUUID();
 }
 
 /** The request id of an HTTP request (fastify's genReqId). */
