@@ -3,9 +3,11 @@
  * the library modules (JWT, introspection, credentials, identity mapping, Casbin) fall back to the same
  * constants when an option is left out, so a default can never differ between `serve` and a direct caller.
  *
- * Plain values only: no zod, no library imports, so that any module can depend on this one cheaply.
+ * Plain values only: no zod, no library imports (the path defaults are the core's own, which imports nothing),
+ * so that any module can depend on this one cheaply.
  * Arrays and objects are frozen; copy them before handing them to code that mutates.
  */
+import { DEFAULT_PATH_OPTIONS } from '../core/canonical-path.js';
 
 // ---- listeners and upstream ----------------------------------------------------------------------------
 
@@ -105,10 +107,10 @@ export const DEFAULT_FORWARD_TOKEN = false;
 
 // ---- paths ---------------------------------------------------------------------------------------------
 
-/** `paths.encodedSlashes`: `%2F` and `%5C` are refused (they defeat path-prefix rules). */
-export const DEFAULT_ENCODED_SLASHES = 'reject';
-/** `paths.semicolons`: `;` path parameters are refused (servers disagree on what they mean). */
-export const DEFAULT_SEMICOLONS = 'reject';
+/** `paths.encodedSlashes`: `%2F` and `%5C` are refused (they defeat path-prefix rules). The core's own default. */
+export const DEFAULT_ENCODED_SLASHES = DEFAULT_PATH_OPTIONS.encodedSlashes;
+/** `paths.semicolons`: `;` path parameters are refused (servers disagree on what they mean). The core's own default. */
+export const DEFAULT_SEMICOLONS = DEFAULT_PATH_OPTIONS.semicolons;
 
 // ---- logging -------------------------------------------------------------------------------------------
 
