@@ -8,11 +8,12 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, ROOT } from '../support/cli.js';
+import { ROOT } from '../support/cli.js';
+import { httpUrl, startServe, type ServeProcess } from '../support/serve.js';
 import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 
 let idp: ChildProcess;
-let sidecar: ChildProcess;
+let sidecar: ServeProcess | undefined;
 let upstream: RecordingUpstream;
 let dir: string;
 let idpUrl: string;
@@ -39,7 +40,7 @@ async function token(client: string): Promise<string> {
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'authz-compose-'));
   upstream = await startRecordingUpstream();
-  const [idpPort, port, adminPort] = [await freePort(), await freePort(), await freePort()];
+  const idpPort = await freePort();
   idpUrl = `http://127.0.0.1:${idpPort}`;
   idp = spawn(process.execPath, [join(ROOT, 'deploy/compose/idp/server.mjs')], {
     env: { ...process.env, ISSUER: idpUrl, PORT: String(idpPort), HOST: '127.0.0.1' },
@@ -49,29 +50,28 @@ beforeAll(async () => {
 
   const shipped = await readFile(join(ROOT, 'deploy/compose/authz-sidecar.yaml'), 'utf8');
   const config = shipped
-    .replace('listen: 0.0.0.0:8080', `listen: 127.0.0.1:${port}`)
-    .replace('listen: 0.0.0.0:8081', `listen: 127.0.0.1:${adminPort}`)
+    .replace('listen: 0.0.0.0:8080', 'listen: 127.0.0.1:0')
+    .replace('listen: 0.0.0.0:8081', 'listen: 127.0.0.1:0')
     .replace('http://127.0.0.1:3000', upstream.url)
     .replaceAll('http://localhost:8090', idpUrl)
     .replaceAll('./policies/', `${join(ROOT, 'policies')}/`);
   expect(config).not.toBe(shipped);
   await writeFile(join(dir, 'authz-sidecar.yaml'), config);
-  sidecar = spawn(process.execPath, [BIN, 'serve', '--config', join(dir, 'authz-sidecar.yaml')]);
-  sidecar.stdout?.resume();
-  sidecar.stderr?.resume();
-  url = `http://127.0.0.1:${port}`;
-  await waitFor('the sidecar to be ready', async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200);
+  // Ready once the keys of the discovered issuer are fetched.
+  sidecar = await startServe({ config: join(dir, 'authz-sidecar.yaml') });
+  url = httpUrl(sidecar.addresses.proxy);
 }, 40_000);
 
 afterAll(async () => {
-  for (const child of [sidecar, idp]) {
-    if (child !== undefined && child.exitCode === null) {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
-    }
+  const code = await sidecar?.stop();
+  if (idp !== undefined && idp.exitCode === null) {
+    idp.kill('SIGTERM');
+    await new Promise((r) => idp.once('exit', r));
   }
   await upstream?.close();
   await rm(dir, { recursive: true, force: true });
+  // SIGTERM ends the sidecar cleanly.
+  if (sidecar !== undefined) expect(code).toBe(0);
 });
 
 describe('the compose example flow', () => {

@@ -3,7 +3,6 @@
  * pretest): exit codes, a real `serve` process, and the demo whose printed curl commands are run with
  * the real curl binary and must give the statuses they promise.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -11,39 +10,12 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { runCli, runCommand, type Run } from '../support/cli.js';
+import { httpUrl, spawnCli, startServe } from '../support/serve.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
 import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 
-const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
-
 function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return runCli(args, env);
-}
-
-/** Starts a long-running command and resolves once stdout contains `marker`. */
-function start(args: string[], marker: string, timeoutMs = 20_000): Promise<{ child: ChildProcessWithoutNullStreams; output: () => string }> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args]);
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no "${marker}" in time; output:\n${out}`)), timeoutMs);
-    const onData = (d: Buffer): void => {
-      out += d.toString();
-      if (out.includes(marker)) {
-        clearTimeout(timer);
-        resolvePromise({ child, output: () => out });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('close', (code) => reject(new Error(`exited ${code} before "${marker}":\n${out}`)));
-  });
-}
-
-function exited(child: ChildProcessWithoutNullStreams): Promise<number | null> {
-  return new Promise((r) => {
-    if (child.exitCode !== null) r(child.exitCode);
-    else child.once('exit', (code) => r(code));
-  });
 }
 
 let dir: string;
@@ -134,30 +106,22 @@ describe('serve, as a process', () => {
   it('serves from a JWKS file given through AUTHZ_SIDECAR_CONFIG and ${VAR}, and exits 0 on SIGTERM', async () => {
     const { privateKey, publicKey } = await generateKeyPair('ES256');
     await writeFile(join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
-    const [port, adminPort] = [await freePort(), await freePort()];
     const file = join(dir, 'serve.yaml');
     await writeFile(
       file,
       stringify({
-        listen: `127.0.0.1:${port}`,
-        admin: { listen: `127.0.0.1:${adminPort}` },
+        listen: '127.0.0.1:0',
+        admin: { listen: '127.0.0.1:0' },
         upstream: { url: '${APP_URL}' },
         authn: { jwt: [{ issuer: 'https://idp.test', audiences: ['orders-api'], jwksFile: './jwks.json', algorithms: ['ES256'] }] },
         authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
         logging: { level: 'info', decisions: 'all' },
       }),
     );
-    const child = spawn(process.execPath, [BIN, 'serve'], { env: { ...process.env, AUTHZ_SIDECAR_CONFIG: file, APP_URL: upstream.url } });
-    let logs = '';
-    child.stdout.on('data', (d: Buffer) => (logs += d.toString()));
+    // No --config: the file comes from AUTHZ_SIDECAR_CONFIG.
+    const sidecar = await startServe({ env: { AUTHZ_SIDECAR_CONFIG: file, APP_URL: upstream.url } });
     try {
-      const deadline = Date.now() + 15_000;
-      for (;;) {
-        const ok = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((r) => r.status === 200, () => false);
-        if (ok) break;
-        if (Date.now() > deadline) throw new Error(`not ready:\n${logs}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      expect(sidecar.addresses.upstream).toBe(upstream.url);
       const token = await new SignJWT({ roles: ['reader'] })
         .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
         .setIssuer('https://idp.test')
@@ -166,17 +130,17 @@ describe('serve, as a process', () => {
         .setIssuedAt()
         .setExpirationTime('5m')
         .sign(privateKey);
-      const res = await fetch(`http://127.0.0.1:${port}/orders/3`, { headers: { authorization: `Bearer ${token}` } });
+      const res = await fetch(`${httpUrl(sidecar.addresses.proxy)}/orders/3`, { headers: { authorization: `Bearer ${token}` } });
       expect(res.status).toBe(200);
       expect(upstream.requests.at(-1)?.headers['x-auth-subject']).toBe('carol');
       // Decision log lines are JSON and never carry the token.
+      const logs = sidecar.stdout();
       expect(logs).toContain('"reason":"ALLOWED"');
       expect(logs).not.toContain(token);
       expect(logs).not.toContain(token.split('.')[2]);
     } finally {
-      child.kill('SIGTERM');
+      expect(await sidecar.stop('SIGTERM')).toBe(0);
     }
-    expect(await exited(child)).toBe(0);
   });
 });
 
@@ -194,9 +158,11 @@ describe('demo (what npm start runs)', () => {
     const file = join(dir, 'demo.yaml');
     await writeFile(file, config);
 
-    const { child, output } = await start(['demo', '--config', file], 'Press Ctrl+C to stop.');
+    const demo = spawnCli(['demo', '--config', file]);
+    let code: number | null;
     try {
-      const text = output();
+      await demo.waitForOutput('Press Ctrl+C to stop.');
+      const text = demo.output();
       const exports = text.split('\n').filter((l) => l.startsWith('export '));
       expect(exports).toHaveLength(2);
       const commands = text
@@ -214,8 +180,8 @@ describe('demo (what npm start runs)', () => {
       }
       expect([...statuses].sort()).toEqual(['200', '401', '403']);
     } finally {
-      child.kill('SIGINT');
+      code = await demo.stop('SIGINT');
     }
-    expect(await exited(child)).toBe(0);
+    expect(code).toBe(0);
   });
 });

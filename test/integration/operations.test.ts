@@ -3,18 +3,16 @@
  * a broken policy keeping the last good one, SIGHUP, dry-run, metrics, decision logs, and a SIGTERM drain
  * with slow requests in flight.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { connect } from 'node:net';
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stringify } from 'yaml';
+import { httpUrl, startServe, writeConfig, type ServeProcess } from '../support/serve.js';
 import { EXAMPLE_MODEL } from '../support/sidecar.js';
-import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
+import { startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 
-const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
 const ISSUER = 'https://idp.ops.test';
 const POLICY_V1 = 'p, role:reader, /orders/:id, GET\n';
 const POLICY_V2 = 'p, role:reader, /orders/:id, GET\np, role:reader, /reports/:id, GET\n';
@@ -24,56 +22,26 @@ let upstream: RecordingUpstream;
 let privateKey: CryptoKey;
 let jwksFile: string;
 
-interface Sidecar {
-  readonly child: ChildProcessWithoutNullStreams;
-  readonly url: string;
-  readonly admin: string;
-  logs(): string;
-  stop(): Promise<number | null>;
-}
-
 async function token(roles: string[] = ['reader']): Promise<string> {
   return new SignJWT({ roles }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(ISSUER).setAudience('api').setSubject('alice').setIssuedAt().setExpirationTime('5m').sign(privateKey);
 }
 
+interface Sidecar extends ServeProcess {
+  readonly url: string;
+}
+
 async function start(name: string, policyFile: string, extra: Record<string, unknown> = {}): Promise<Sidecar> {
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const configFile = join(dir, `${name}.yaml`);
-  await writeFile(
-    configFile,
-    stringify({
-      listen: `127.0.0.1:${port}`,
-      admin: { listen: `127.0.0.1:${adminPort}` },
-      upstream: { url: upstream.url, timeoutSeconds: 10 },
-      authn: { jwt: [{ issuer: ISSUER, audiences: ['api'], jwksFile, algorithms: ['ES256'] }] },
-      authz: { model: EXAMPLE_MODEL, policy: policyFile },
-      logging: { level: 'info', decisions: 'all' },
-      ...extra,
-    }),
-  );
-  const child = spawn(process.execPath, [BIN, 'serve', '--config', configFile]);
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const admin = `http://127.0.0.1:${adminPort}`;
-  const deadline = Date.now() + 15_000;
-  while (!(await fetch(`${admin}/readyz`).then((r) => r.status === 200, () => false))) {
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`not ready:\n${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    child,
-    url: `http://127.0.0.1:${port}`,
-    admin,
-    logs: () => out,
-    stop: async () => {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        await new Promise((r) => child.once('exit', r));
-      }
-      return child.exitCode;
-    },
-  };
+  const config = await writeConfig(dir, name, {
+    listen: '127.0.0.1:0',
+    admin: { listen: '127.0.0.1:0' },
+    upstream: { url: upstream.url, timeoutSeconds: 10 },
+    authn: { jwt: [{ issuer: ISSUER, audiences: ['api'], jwksFile, algorithms: ['ES256'] }] },
+    authz: { model: EXAMPLE_MODEL, policy: policyFile },
+    logging: { level: 'info', decisions: 'all' },
+    ...extra,
+  });
+  const sidecar = await startServe({ config });
+  return { ...sidecar, url: httpUrl(sidecar.addresses.proxy) };
 }
 
 /** Parses the Prometheus text format into {name{labels}: value}. */
@@ -141,24 +109,24 @@ describe('policy reload', () => {
     try {
       const auth = { authorization: `Bearer ${await token()}` };
       expect((await fetch(`${sidecar.url}/reports/1`, { headers: auth })).status).toBe(403);
-      const sha1 = ((await (await fetch(`${sidecar.admin}/readyz`)).json()) as { policySha256: string }).policySha256;
+      const sha1 = ((await (await fetch(`${sidecar.adminUrl}/readyz`)).json()) as { policySha256: string }).policySha256;
 
       await mount.swap(POLICY_V2);
       await until('the new policy serves', async () => (await fetch(`${sidecar.url}/reports/1`, { headers: auth })).status === 200);
-      const sha2 = ((await (await fetch(`${sidecar.admin}/readyz`)).json()) as { policySha256: string }).policySha256;
+      const sha2 = ((await (await fetch(`${sidecar.adminUrl}/readyz`)).json()) as { policySha256: string }).policySha256;
       expect(sha2).not.toBe(sha1);
-      let metrics = await scrape(sidecar.admin);
+      let metrics = await scrape(sidecar.adminUrl);
       expect(metrics.get(`authz_sidecar_policy_info{sha256="${sha2}"}`)).toBe(1);
       expect(metrics.get(`authz_sidecar_policy_info{sha256="${sha1}"}`)).toBeUndefined();
       expect(metrics.get('authz_sidecar_policy_reloads_total{result="success"}')).toBeGreaterThanOrEqual(1);
 
       await mount.swap('p, role:reader, /orders/:id\n'); // wrong arity: refused
-      await until('the failure is counted', async () => ((await scrape(sidecar.admin)).get('authz_sidecar_policy_reloads_total{result="failure"}') ?? 0) >= 1);
+      await until('the failure is counted', async () => ((await scrape(sidecar.adminUrl)).get('authz_sidecar_policy_reloads_total{result="failure"}') ?? 0) >= 1);
       expect((await fetch(`${sidecar.url}/reports/1`, { headers: auth })).status).toBe(200);
-      metrics = await scrape(sidecar.admin);
+      metrics = await scrape(sidecar.adminUrl);
       expect(metrics.get(`authz_sidecar_policy_info{sha256="${sha2}"}`)).toBe(1);
-      expect(sidecar.logs()).toMatch(/policy reload failed; the last good policy keeps serving/);
-      expect(sidecar.logs()).toMatch(/policy\.csv:1: \\"p\\" rules have 3 fields in the model, this one has 2/);
+      expect(sidecar.output()).toMatch(/policy reload failed; the last good policy keeps serving/);
+      expect(sidecar.output()).toMatch(/policy\.csv:1: \\"p\\" rules have 3 fields in the model, this one has 2/);
     } finally {
       expect(await sidecar.stop()).toBe(0);
     }
@@ -174,7 +142,7 @@ describe('policy reload', () => {
       await writeFile(policy, POLICY_V2);
       await new Promise((r) => setTimeout(r, 500));
       expect((await fetch(`${sidecar.url}/reports/2`, { headers: auth })).status).toBe(403); // not watching
-      sidecar.child.kill('SIGHUP');
+      sidecar.signal('SIGHUP');
       await until('SIGHUP reload', async () => (await fetch(`${sidecar.url}/reports/2`, { headers: auth })).status === 200);
     } finally {
       expect(await sidecar.stop()).toBe(0);
@@ -213,9 +181,9 @@ describe('key file reload', () => {
       expect((await fetch(`${sidecar.url}/orders/1`, { headers: withOld })).status).toBe(401);
 
       await replace('{"keys": "broken"');
-      await until('the failure is counted', async () => ((await scrape(sidecar.admin)).get('authz_sidecar_policy_reloads_total{result="failure"}') ?? 0) >= 1);
+      await until('the failure is counted', async () => ((await scrape(sidecar.adminUrl)).get('authz_sidecar_policy_reloads_total{result="failure"}') ?? 0) >= 1);
       expect((await fetch(`${sidecar.url}/orders/1`, { headers: withNew })).status).toBe(200);
-      expect(sidecar.logs()).toContain('key file reload failed; the last good keys keep serving');
+      expect(sidecar.output()).toContain('key file reload failed; the last good keys keep serving');
     } finally {
       expect(await sidecar.stop()).toBe(0);
     }
@@ -237,7 +205,7 @@ describe('dry-run, metrics and decision logs', () => {
       expect((await fetch(`${sidecar.url}/reports/3`, { headers: { authorization: 'Bearer not.a.jwt' } })).status).toBe(401);
       expect((await fetch(`${sidecar.url}/orders/3`, { headers: { authorization: `Bearer ${t}` } })).status).toBe(200);
 
-      const metrics = await scrape(sidecar.admin);
+      const metrics = await scrape(sidecar.adminUrl);
       expect(metrics.get('authz_sidecar_requests_total{frontend="proxy",decision="deny",dry_run="true"}')).toBe(1);
       expect(metrics.get('authz_sidecar_requests_total{frontend="proxy",decision="allow",dry_run="false"}')).toBe(1);
       expect(metrics.get('authz_sidecar_requests_total{frontend="proxy",decision="unauthenticated",dry_run="false"}')).toBe(1);
@@ -249,7 +217,7 @@ describe('dry-run, metrics and decision logs', () => {
       expect(metrics.get('process_resident_memory_bytes')).toBeGreaterThan(0);
 
       // Every log line is JSON; decision lines carry the fields, never the token.
-      const lines = sidecar.logs().split('\n').filter((l) => l.trim() !== '');
+      const lines = sidecar.output().split('\n').filter((l) => l.trim() !== '');
       const parsed = lines.map((l) => JSON.parse(l) as { decision?: Record<string, unknown> });
       const decisions = parsed.flatMap((p) => (p.decision === undefined ? [] : [p.decision]));
       expect(decisions).toHaveLength(3);
@@ -280,8 +248,8 @@ describe('shutdown', () => {
       const closed = new Promise<void>((r) => socket.once('close', () => r()));
       socket.write('GET /queued/first HTTP/1.1\r\nHost: app\r\n\r\n');
       await until('the first request reaches the upstream', async () => upstream.requests.some((r) => r.url === '/queued/first'));
-      sidecar.child.kill('SIGTERM');
-      await until('readiness turns 503', async () => (await fetch(`${sidecar.admin}/readyz`).then((r) => r.status, () => 0)) === 503, 2_000);
+      sidecar.signal('SIGTERM');
+      await until('readiness turns 503', async () => (await fetch(`${sidecar.adminUrl}/readyz`).then((r) => r.status, () => 0)) === 503, 2_000);
       await new Promise((r) => setTimeout(r, 200));
       // The connection is busy (not idle, so the drain does not close it): a second request arrives on it.
       socket.write('GET /queued/second HTTP/1.1\r\nHost: app\r\n\r\n');
@@ -307,15 +275,15 @@ describe('shutdown', () => {
     try {
       const inflight = [1, 2, 3].map((i) => fetch(`${sidecar.url}/slow/${i}`).then(async (r) => ({ status: r.status, body: await r.text() })));
       await until('requests reach the upstream', async () => upstream.requests.filter((r) => r.url.startsWith('/slow/')).length === 3);
-      sidecar.child.kill('SIGTERM');
+      sidecar.signal('SIGTERM');
       const termAt = Date.now();
-      await until('readiness turns 503', async () => (await fetch(`${sidecar.admin}/readyz`).then((r) => r.status, () => 0)) === 503, 2_000);
+      await until('readiness turns 503', async () => (await fetch(`${sidecar.adminUrl}/readyz`).then((r) => r.status, () => 0)) === 503, 2_000);
       const results = await Promise.all(inflight);
       expect(results.map((r) => r.status)).toEqual([200, 200, 200]);
-      const code = await new Promise<number | null>((r) => (sidecar.child.exitCode !== null ? r(sidecar.child.exitCode) : sidecar.child.once('exit', (c) => r(c))));
-      expect(code).toBe(0);
+      const exit = await sidecar.exit;
+      expect(exit.code).toBe(0);
       // The drain ended when the requests did, not at drainSeconds.
-      expect(Date.now() - termAt).toBeLessThan(8_000);
+      expect(exit.at - termAt).toBeLessThan(8_000);
     } finally {
       upstream.delayMs = 0;
       await sidecar.stop();

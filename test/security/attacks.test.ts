@@ -2,32 +2,31 @@
  * The attack suite: the real sidecar process (bin/authz-sidecar.js serve) on loopback, attacked from
  * outside with raw bytes over a socket wherever an HTTP client would normalize the request. Each case names
  * the attack and its source; the rule for path cases is "either 400, or the decision was made on the
- * canonical path and the upstream saw exactly that path".
+ * canonical path and the upstream saw exactly that path". The path and header tables run through two
+ * transports, plain HTTP and WebSocket upgrades, with the same answers (101 where HTTP gets 200).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac, KeyObject as NodeKeyObject, sign as nodeSign } from 'node:crypto';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { CompactSign, exportJWK, exportSPKI, generateKeyPair, SignJWT, type JWK, type KeyObject } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stringify } from 'yaml';
-import { rawRequest } from '../support/raw-http.js';
+import { rawRequest, type RawResponse } from '../support/raw-http.js';
+import { httpUrl, startServe, writeConfig, type ServeProcess } from '../support/serve.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
-import { freePort, startRecordingUpstream, type Recorded, type RecordingUpstream } from '../support/upstream.js';
+import { startRecordingUpstream, type Recorded, type RecordingUpstream } from '../support/upstream.js';
 
-const BIN = resolve(import.meta.dirname, '../../bin/authz-sidecar.js');
 const ISSUER = 'https://idp.test';
 const AUD = 'orders-api';
 
 let dir: string;
 let upstream: RecordingUpstream;
-let sidecar: ChildProcess;
+let sidecar: ServeProcess | undefined;
 let url: string;
 let host: string;
 let rsa: { privateKey: KeyObject; publicKey: KeyObject; jwk: JWK };
@@ -37,6 +36,8 @@ let attackerUrl: string;
 let checkHttpUrl: string;
 let grpcAddress: string;
 let forwardUrl: string;
+/** A token for alice (role reader), accepted everywhere. */
+let validToken: string;
 const closeAttacker: Array<() => void> = [];
 
 const b64 = (o: unknown): string => Buffer.from(typeof o === 'string' ? o : JSON.stringify(o)).toString('base64url');
@@ -87,42 +88,35 @@ beforeAll(async () => {
   closeAttacker.push(() => attacker.close());
 
   upstream = await startRecordingUpstream();
-  const [port, adminPort, httpPort, forwardPort, grpcPort] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
-  grpcAddress = `127.0.0.1:${grpcPort}`;
-  checkHttpUrl = `http://127.0.0.1:${httpPort}`;
-  forwardUrl = `http://127.0.0.1:${forwardPort}`;
-  await writeFile(
-    join(dir, 'config.yaml'),
-    stringify({
-      listen: `127.0.0.1:${port}`,
-      admin: { listen: `127.0.0.1:${adminPort}` },
-      upstream: { url: upstream.url, timeoutSeconds: 5 },
-      extAuthz: {
-        http: { listen: `127.0.0.1:${httpPort}`, pathPrefix: '/check' },
-        forwardAuth: { listen: `127.0.0.1:${forwardPort}` },
-        grpc: { listen: `127.0.0.1:${grpcPort}` },
-      },
-      authn: { jwt: [{ issuer: ISSUER, audiences: [AUD], jwksFile: './jwks.json', algorithms: ['RS256', 'ES256'], clockSkewSeconds: 30 }] },
-      authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
-      logging: { level: 'silent', decisions: 'none' },
-    }),
-  );
-  sidecar = spawn(process.execPath, [BIN, 'serve', '--config', join(dir, 'config.yaml')], { stdio: 'ignore' });
-  url = `http://127.0.0.1:${port}`;
-  host = `127.0.0.1:${port}`;
-  const deadline = Date.now() + 15_000;
-  while (!(await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((res) => res.status === 200, () => false))) {
-    if (Date.now() > deadline) throw new Error('the sidecar did not become ready');
-    await new Promise((done) => setTimeout(done, 50));
-  }
+  const config = await writeConfig(dir, 'config', {
+    listen: '127.0.0.1:0',
+    admin: { listen: '127.0.0.1:0' },
+    upstream: { url: upstream.url, timeoutSeconds: 5 },
+    extAuthz: {
+      http: { listen: '127.0.0.1:0', pathPrefix: '/check' },
+      forwardAuth: { listen: '127.0.0.1:0' },
+      grpc: { listen: '127.0.0.1:0' },
+    },
+    authn: { jwt: [{ issuer: ISSUER, audiences: [AUD], jwksFile: './jwks.json', algorithms: ['RS256', 'ES256'], clockSkewSeconds: 30 }] },
+    authz: { model: EXAMPLE_MODEL, policy: EXAMPLE_POLICY },
+    // info: the helper reads the bound addresses from the listening line.
+    logging: { level: 'info', decisions: 'none' },
+  });
+  sidecar = await startServe({ config });
+  url = httpUrl(sidecar.addresses.proxy);
+  host = new URL(url).host;
+  checkHttpUrl = httpUrl(sidecar.addresses.http);
+  forwardUrl = httpUrl(sidecar.addresses.forwardAuth);
+  grpcAddress = sidecar.addresses.grpc ?? '';
+  validToken = await rs256(claims());
 });
 
 afterAll(async () => {
-  sidecar?.kill('SIGTERM');
-  if (sidecar !== undefined && sidecar.exitCode === null) await new Promise((done) => sidecar.once('exit', done));
+  const code = await sidecar?.stop();
   for (const c of closeAttacker) c();
   await upstream?.close();
   await rm(dir, { recursive: true, force: true });
+  if (sidecar !== undefined) expect(code).toBe(0);
 });
 
 describe('tokens (RFC 8725, OWASP JWT cheat sheet)', () => {
@@ -204,97 +198,275 @@ describe('tokens (RFC 8725, OWASP JWT cheat sheet)', () => {
     const res = await withToken(await rs256(claims({ pad: 'x'.repeat(20_000) })));
     expect(res.status).toBe(431);
   });
-
-  it('two Authorization headers are a 400 (which one would the app see?)', async () => {
-    const t = await rs256(claims());
-    const res = await send(['GET /orders/1 HTTP/1.1', `Host: ${host}`, `Authorization: Bearer ${t}`, `Authorization: Bearer ${t}`]);
-    expect(res.status).toBe(400);
-  });
 });
 
-type PathCase = [attack: string, target: string, status: number, seen?: string];
-let pathCases: PathCase[] = [];
+/**
+ * What the client got and what reached the upstream through one transport (plain HTTP, or a WebSocket
+ * upgrade), both as raw bytes on a socket.
+ */
+interface Sent {
+  readonly status: number;
+  readonly body: string;
+  readonly upstreamCount: number;
+  /** The request (or handshake) the upstream received for this one, if any. */
+  readonly seen: Recorded | undefined;
+}
 
-describe('paths (Envoy CVE-2019-9901, CVE-2021-29492; Istio #27409; Oathkeeper GHSA-p224; oauth2-proxy GHSA-7rh7)', () => {
-  // [attack, raw target, expected status, what the upstream must see when it is reached]
-  const cases: PathCase[] = [
-    ['dot segments', '/public/../orders/1', 401],
-    ['encoded dot segments', '/public/%2e%2e/orders/1', 401],
-    ['mixed-case encoded dots', '/public/%2E%2e/orders/1', 401],
-    ['single dot', '/public/./x', 200, '/public/x'],
-    ['repeated slashes', '//public//x', 200, '/public/x'],
-    ['repeated slashes before a protected path', '//orders/1', 401],
-    ['encoded slash', '/public%2F..%2Forders/1', 400],
-    ['encoded backslash', '/public%5C..%5Corders/1', 400],
-    ['raw backslash', '/public\\..\\orders/1', 400],
-    ['semicolon parameter', '/orders/1;.js', 400],
-    ['Tomcat ..;', '/public/..;/orders/1', 400],
-    ['fragment', '/public/x#/../../orders/1', 400],
-    ['encoded fragment', '/public/x%23/../../orders/1', 400],
-    ['encoded NUL', '/public/%00/../orders/1', 400],
-    ['encoded CR LF', '/public/%0d%0aX-Auth-Subject:%20root', 400],
-    ['overlong UTF-8 dots', '/public/%c0%ae%c0%ae/orders/1', 400],
-    ['invalid UTF-8', '/public/%ff', 400],
-    ['double encoding is not decoded twice', '/public/%252e%252e/orders/1', 200, '/public/%252e%252e/orders/1'],
-    ['absolute-form target', 'http://evil.example/orders/1', 401],
-    ['absolute-form to a public path', 'http://evil.example/public/../public/x', 200, '/public/x'],
-    ['path rules never match the query', '/orders/1?/public/x', 401],
-    ['a query that looks like traversal is forwarded as received', '/public/x?p=/../orders&q=%2F', 200, '/public/x?p=/../orders&q=%2F'],
-  ];
-  pathCases = cases;
-  it.each(cases)('%s: %s -> %i', async (_attack, target, status, seen) => {
-    const res = await send([`GET ${target} HTTP/1.1`, `Host: ${host}`]);
-    expect(res.status).toBe(status);
+interface Transport {
+  readonly name: string;
+  /** The status of an allowed request: the application's 200, or its 101 Switching Protocols. */
+  readonly allowed: number;
+  send(target: string, headers: readonly string[], connection?: readonly string[]): Promise<Sent>;
+}
+
+const WEBSOCKET_KEY = Buffer.from('0123456789abcdef').toString('base64');
+
+/**
+ * A WebSocket opening handshake (RFC 6455 §4.1) on a raw socket. Resolves with the answer's head as soon as
+ * a 101 arrives (the connection would stay open) and closes it; any other answer is read until the server
+ * closes the connection (a refused upgrade is the last answer on its socket).
+ */
+function rawUpgrade(target: string, lines: readonly string[], timeoutMs = 5_000): Promise<RawResponse> {
+  const { hostname, port } = new URL(target);
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: hostname, port: Number(port) });
+    const chunks: Buffer[] = [];
+    let settled = false;
+    const parse = (): RawResponse => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const at = text.indexOf('\r\n\r\n');
+      const head = at < 0 ? text : text.slice(0, at);
+      const [statusLine = '', ...headerLines] = head.split('\r\n');
+      const headers: Record<string, string> = {};
+      for (const line of headerLines) {
+        const i = line.indexOf(':');
+        if (i > 0) headers[line.slice(0, i).toLowerCase()] = line.slice(i + 1).trim();
+      }
+      return { status: Number(statusLine.split(' ')[1]), headers, body: at < 0 ? '' : text.slice(at + 4) };
+    };
+    const settle = (error?: Error): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (error !== undefined) {
+        socket.destroy();
+        reject(error);
+        return;
+      }
+      const res = parse();
+      socket.destroy();
+      resolve(res);
+    };
+    const timer = setTimeout(() => settle(new Error(`no answer to the upgrade of ${lines[0] ?? ''} within ${timeoutMs} ms`)), timeoutMs);
+    socket.on('connect', () => socket.write(`${lines.join('\r\n')}\r\n\r\n`));
+    socket.on('data', (c: Buffer) => {
+      chunks.push(c);
+      const text = Buffer.concat(chunks).toString('latin1');
+      if (text.startsWith('HTTP/1.1 101 ') && text.includes('\r\n\r\n')) settle();
+    });
+    socket.on('error', (err) => settle(err));
+    socket.on('close', () => settle());
+  });
+}
+
+function sentBy(before: number, res: RawResponse, websocket: boolean): Sent {
+  const mine = upstream.requests.slice(before);
+  return { status: res.status, body: res.body, upstreamCount: mine.length, seen: mine.filter((r) => r.websocket === websocket).at(-1) };
+}
+
+const transports: Transport[] = [
+  {
+    name: 'plain HTTP',
+    allowed: 200,
+    async send(target, headers, connection) {
+      const before = upstream.requests.length;
+      const lines = [`GET ${target} HTTP/1.1`, `Host: ${host}`, ...(connection === undefined ? [] : [`Connection: ${['keep-alive', ...connection].join(', ')}`]), ...headers];
+      return sentBy(before, await rawRequest(url, lines), false);
+    },
+  },
+  {
+    name: 'WebSocket upgrade',
+    allowed: 101,
+    async send(target, headers, connection) {
+      const before = upstream.requests.length;
+      const lines = [
+        `GET ${target} HTTP/1.1`,
+        `Host: ${host}`,
+        'Upgrade: websocket',
+        `Connection: ${['Upgrade', ...(connection ?? [])].join(', ')}`,
+        `Sec-WebSocket-Key: ${WEBSOCKET_KEY}`,
+        'Sec-WebSocket-Version: 13',
+        ...headers,
+      ];
+      return sentBy(before, await rawUpgrade(url, lines), true);
+    },
+  },
+];
+
+type PathCase = [attack: string, target: string, status: number, seen?: string];
+
+// [attack, raw target, expected status (200 = allowed), what the upstream must see when it is reached]
+const pathCases: PathCase[] = [
+  ['dot segments', '/public/../orders/1', 401],
+  ['encoded dot segments', '/public/%2e%2e/orders/1', 401],
+  ['mixed-case encoded dots', '/public/%2E%2e/orders/1', 401],
+  ['single dot', '/public/./x', 200, '/public/x'],
+  ['repeated slashes', '//public//x', 200, '/public/x'],
+  ['repeated slashes before a protected path', '//orders/1', 401],
+  ['encoded slash', '/public%2F..%2Forders/1', 400],
+  ['encoded backslash', '/public%5C..%5Corders/1', 400],
+  ['raw backslash', '/public\\..\\orders/1', 400],
+  ['semicolon parameter', '/orders/1;.js', 400],
+  ['Tomcat ..;', '/public/..;/orders/1', 400],
+  ['fragment', '/public/x#/../../orders/1', 400],
+  ['encoded fragment', '/public/x%23/../../orders/1', 400],
+  ['encoded NUL', '/public/%00/../orders/1', 400],
+  ['encoded CR LF', '/public/%0d%0aX-Auth-Subject:%20root', 400],
+  ['overlong UTF-8 dots', '/public/%c0%ae%c0%ae/orders/1', 400],
+  ['invalid UTF-8', '/public/%ff', 400],
+  ['double encoding is not decoded twice', '/public/%252e%252e/orders/1', 200, '/public/%252e%252e/orders/1'],
+  ['absolute-form target', 'http://evil.example/orders/1', 401],
+  ['absolute-form to a public path', 'http://evil.example/public/../public/x', 200, '/public/x'],
+  ['path rules never match the query', '/orders/1?/public/x', 401],
+  ['a query that looks like traversal is forwarded as received', '/public/x?p=/../orders&q=%2F', 200, '/public/x?p=/../orders&q=%2F'],
+];
+
+/** Identity, method-override and URL-rewrite headers as the upstream received them: [name, value]. */
+function ownedHeaders(seen: Recorded | undefined): Array<[string, string]> {
+  const raw = seen?.rawHeaders ?? [];
+  const owned: Array<[string, string]> = [];
+  for (let i = 0; i < raw.length; i += 2) if (/^x[-_]auth[-_]|method|original-url|rewrite-url/i.test(raw[i] ?? '')) owned.push([raw[i] ?? '', raw[i + 1] ?? '']);
+  return owned.sort(([a], [b]) => a.localeCompare(b));
+}
+
+interface HeaderCase {
+  readonly attack: string;
+  readonly target: string;
+  /** Header lines after Host (a thunk: some carry a token made in beforeAll). */
+  readonly headers: () => string[];
+  /** Tokens added to the transport's own Connection header (keep-alive or Upgrade). */
+  readonly connection?: readonly string[];
+  /** 200 = allowed (101 through an upgrade). */
+  readonly status: number;
+  /** When allowed: exactly the owned headers the upstream must see (those the sidecar sets), sorted by name. */
+  readonly owned?: Array<[string, string]>;
+}
+
+const headerCases: HeaderCase[] = [
+  {
+    attack: 'identity headers in any case and with _ never reach the upstream (CVE-2017-6413)',
+    target: '/public/spoof',
+    headers: () => ['X-Auth-Subject: root', 'x_auth_subject: root', 'X-AUTH-ROLES: admin', 'X_Auth-Issuer: evil', 'x_auth_roles: admin'],
+    status: 200,
+    owned: [],
+  },
+  {
+    attack: 'duplicated identity headers are all removed (Envoy CVE-2021-32777)',
+    target: '/public/spoof',
+    headers: () => ['X-Auth-Subject: a', 'X-Auth-Subject: b', 'x-auth-subject: c'],
+    status: 200,
+    owned: [],
+  },
+  {
+    attack: 'identity headers after hundreds of filler headers are removed (Envoy CVE-2021-32777 class)',
+    target: '/public/spoof',
+    headers: () => [...Array.from({ length: 900 }, (_, i) => `F${i}: ${i}`), 'X-Auth-Subject: root'],
+    status: 200,
+    owned: [],
+  },
+  {
+    attack: 'method-override and URL-rewrite headers are removed (OWASP WSTG-CONF-06, Symfony CVE-2018-14773)',
+    target: '/public/spoof',
+    headers: () => ['X-HTTP-Method-Override: DELETE', 'X-Method-Override: DELETE', 'X-HTTP-Method: DELETE', 'X-Original-URL: /orders/1', 'X-Rewrite-URL: /orders/1'],
+    status: 200,
+    owned: [],
+  },
+  {
+    attack: 'naming the identity header in Connection does not remove the one the sidecar sets (RFC 9110 §7.6.1 hop-by-hop abuse)',
+    target: '/orders/2',
+    headers: () => [`Authorization: Bearer ${validToken}`],
+    connection: ['X-Auth-Subject', 'X-Auth-Roles'],
+    status: 200,
+    owned: [
+      ['x-auth-issuer', ISSUER],
+      ['x-auth-roles', 'reader'],
+      ['x-auth-subject', 'alice'],
+    ],
+  },
+  {
+    attack: 'a spoofed identity header next to a valid token is replaced by the verified one',
+    target: '/orders/2',
+    headers: () => [`Authorization: Bearer ${validToken}`, 'X-Auth-Subject: root', 'X-Auth-Roles: admin'],
+    status: 200,
+    owned: [
+      ['x-auth-issuer', ISSUER],
+      ['x-auth-roles', 'reader'],
+      ['x-auth-subject', 'alice'],
+    ],
+  },
+  {
+    attack: 'two Authorization headers are a 400 (which one would the app see?)',
+    target: '/orders/1',
+    headers: () => [`Authorization: Bearer ${validToken}`, `Authorization: Bearer ${validToken}`],
+    status: 400,
+  },
+  {
+    attack: 'two Host headers are a 400 (RFC 9112 §3.2: which host was authorized?)',
+    target: '/public/x',
+    headers: () => ['Host: evil.example'],
+    status: 400,
+  },
+  {
+    attack: 'a header section over 16 KiB is a 431',
+    target: '/public/x',
+    headers: () => [`X-Big: ${'a'.repeat(20_000)}`],
+    status: 431,
+  },
+  {
+    attack: '1000 header fields or more (within 16 KiB) are a 431: the parser would drop the rest, a spoofed header with them',
+    target: '/public/x',
+    headers: () => [...Array.from({ length: 1100 }, (_, i) => `h${i}: 1`), 'X-Auth-Subject: root'],
+    status: 431,
+  },
+];
+
+// One table, every transport: a WebSocket upgrade is decided exactly as the plain request would be.
+const byTransport = transports.map((t): [string, Transport] => [t.name, t]);
+
+describe.each(byTransport)('paths through %s (Envoy CVE-2019-9901, CVE-2021-29492; Istio #27409; Oathkeeper GHSA-p224; oauth2-proxy GHSA-7rh7)', (_name, transport) => {
+  it.each(pathCases)('%s: %s -> %i', async (_attack, target, status, seen) => {
+    const res = await transport.send(target, []);
+    expect(res.status).toBe(status === 200 ? transport.allowed : status);
     if (status === 200) {
       expect(res.upstreamCount).toBe(1);
-      expect(last()?.url).toBe(seen);
+      expect(res.seen?.url).toBe(seen);
     } else {
       expect(res.upstreamCount).toBe(0);
     }
   });
+});
 
+describe.each(byTransport)('headers through %s', (_name, transport) => {
+  it.each(headerCases.map((c): [string, HeaderCase] => [c.attack, c]))('%s', async (_attack, { target, headers, connection, status, owned }) => {
+    const res = await transport.send(target, headers(), connection);
+    expect(res.status).toBe(status === 200 ? transport.allowed : status);
+    if (status === 200) {
+      expect(res.upstreamCount).toBe(1);
+      expect(res.seen?.url).toBe(target);
+      expect(ownedHeaders(res.seen)).toEqual(owned);
+    } else {
+      expect(res.upstreamCount).toBe(0);
+    }
+  });
+});
+
+describe('request line and framing', () => {
   it('OPTIONS * is a 400', async () => {
     expect((await send(['OPTIONS * HTTP/1.1', `Host: ${host}`])).status).toBe(400);
   });
 
   it('a raw CR in the request line is refused by the HTTP parser (400)', async () => {
     expect((await send(['GET /public/a\rX HTTP/1.1', `Host: ${host}`])).status).toBe(400);
-  });
-});
-
-describe('headers', () => {
-  async function spoofedAnonymous(extra: string[]): Promise<Array<[string, string]>> {
-    const res = await send(['GET /public/spoof HTTP/1.1', `Host: ${host}`, ...extra]);
-    expect(res.status).toBe(200);
-    const raw = last()?.rawHeaders ?? [];
-    const seen: Array<[string, string]> = [];
-    for (let i = 0; i < raw.length; i += 2) if (/^x[-_]auth[-_]|method|original-url|rewrite-url/i.test(raw[i] ?? '')) seen.push([raw[i] ?? '', raw[i + 1] ?? '']);
-    return seen;
-  }
-
-  it('identity headers in any case and with _ never reach the upstream (CVE-2017-6413)', async () => {
-    expect(await spoofedAnonymous(['X-Auth-Subject: root', 'x_auth_subject: root', 'X-AUTH-ROLES: admin', 'X_Auth-Issuer: evil'])).toEqual([]);
-  });
-
-  it('duplicated identity headers are all removed (Envoy CVE-2021-32777)', async () => {
-    expect(await spoofedAnonymous(['X-Auth-Subject: a', 'X-Auth-Subject: b', 'x-auth-subject: c'])).toEqual([]);
-  });
-
-  it('identity headers after hundreds of filler headers are removed (Envoy CVE-2021-32777 class)', async () => {
-    const filler = Array.from({ length: 900 }, (_, i) => `F${i}: ${i}`);
-    expect(await spoofedAnonymous([...filler, 'X-Auth-Subject: root'])).toEqual([]);
-  });
-
-  it('method-override and URL-rewrite headers are removed (OWASP WSTG-CONF-06, Symfony CVE-2018-14773)', async () => {
-    expect(await spoofedAnonymous(['X-HTTP-Method-Override: DELETE', 'X-Method-Override: DELETE', 'X-HTTP-Method: DELETE', 'X-Original-URL: /orders/1', 'X-Rewrite-URL: /orders/1'])).toEqual([]);
-  });
-
-  it('naming the identity header in Connection does not remove the one the sidecar sets (RFC 9110 §7.6.1 hop-by-hop abuse)', async () => {
-    const t = await rs256(claims());
-    const res = await send(['GET /orders/2 HTTP/1.1', `Host: ${host}`, `Authorization: Bearer ${t}`, 'Connection: keep-alive, X-Auth-Subject, X-Auth-Roles']);
-    expect(res.status).toBe(200);
-    expect(last()?.headers['x-auth-subject']).toBe('alice');
-    expect(last()?.headers['x-auth-roles']).toBe('reader');
   });
 
   it('Content-Length with Transfer-Encoding (request smuggling, RFC 9112 §6.3) is a 400', async () => {
@@ -313,22 +485,6 @@ describe('headers', () => {
     expect(res.upstreamCount).toBe(0);
   });
 
-  it('WebSocket upgrades: spoofed identity headers are removed and dot segments decided canonically (@fastify/http-proxy skips rewriteRequestHeaders on upgrades)', async () => {
-    const key = Buffer.from('0123456789abcdef').toString('base64');
-    const upgrade = (target: string, extra: string[] = []): Promise<{ status: number }> =>
-      rawRequest(url, [`GET ${target} HTTP/1.1`, `Host: ${host}`, 'Upgrade: websocket', 'Connection: Upgrade', `Sec-WebSocket-Key: ${key}`, 'Sec-WebSocket-Version: 13', ...extra], 1_500).catch(
-        () => ({ status: 101 }),
-      );
-    const before = upstream.requests.length;
-    expect((await upgrade('/public/../orders/1')).status).toBe(401);
-    expect((await upgrade('/public/%2e%2e/orders/1')).status).toBe(401);
-    expect(upstream.requests.length).toBe(before);
-    await upgrade('/public/ws', ['X-Auth-Subject: root', 'x_auth_roles: admin']);
-    const handshake = upstream.requests.filter((r) => r.websocket).at(-1);
-    expect(handshake?.url).toBe('/public/ws');
-    expect(Object.keys(handshake?.headers ?? {}).filter((h) => /^x[-_]auth/.test(h))).toEqual([]);
-  });
-
   it('pipelined requests are each authorized (RFC 9112 §9.3.2)', async () => {
     const before = upstream.requests.length;
     const res = await rawRequest(url, ['GET /public/one HTTP/1.1', `Host: ${host}`, '', `GET /orders/1 HTTP/1.1`, `Host: ${host}`]);
@@ -339,7 +495,6 @@ describe('headers', () => {
   });
 
   it('slowloris (CVE-2007-6750 class): a client trickling its headers is cut off after the headers timeout (408)', async () => {
-    const { connect } = await import('node:net');
     const started = Date.now();
     const answer = await new Promise<string>((done) => {
       const socket = connect({ host: '127.0.0.1', port: Number(new URL(url).port) });
@@ -365,12 +520,10 @@ describe('headers', () => {
     expect(res.upstreamCount).toBe(0);
     const fwd = await rawRequest(forwardUrl, ['GET / HTTP/1.1', `Host: ${new URL(forwardUrl).host}`, 'X-Forwarded-Method: GET', 'X-Forwarded-Uri: /public/x', ...many]);
     expect(fwd.status).toBe(431);
-  });
-
-  it('two Host headers are a 400 (RFC 9112 §3.2: which host was authorized?)', async () => {
-    const res = await send(['GET /public/x HTTP/1.1', `Host: ${host}`, 'Host: evil.example']);
-    expect(res.status).toBe(400);
-    expect(res.upstreamCount).toBe(0);
+    // Within 16 KiB, so the field count (not the parser's size limit) refuses it.
+    const few = Array.from({ length: 1100 }, (_, i) => `h${i}: 1`);
+    const check = await rawRequest(checkHttpUrl, ['GET /check/public/x HTTP/1.1', `Host: ${new URL(checkHttpUrl).host}`, ...few]);
+    expect(check.status).toBe(431);
   });
 
   it('CONNECT is a 400 on every HTTP door, never a tunnel and never a silent close (RFC 9110 §9.3.6)', async () => {
@@ -388,10 +541,6 @@ describe('headers', () => {
     expect(get.upstreamCount).toBe(1);
     expect(last()?.headers['expect']).toBeUndefined();
     expect(last()?.headers['keep-alive']).toBeUndefined();
-  });
-
-  it('a header section over 16 KiB is a 431', async () => {
-    expect((await send(['GET /public/x HTTP/1.1', `Host: ${host}`, `X-Big: ${'a'.repeat(20_000)}`])).status).toBe(431);
   });
 
   it('a 20 KiB path is a 431, never a 500', async () => {
