@@ -4,4 +4,8 @@
 import process from 'node:process';
 import { main } from '../dist/bundle/authz-sidecar.mjs';
 
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+// `serve` and `demo` return once drained: what is still pending then (an IdP call cut off at the drain
+// deadline) must not hold the process open past shutdown.drainSeconds. Output is written synchronously
+// to files and pipes on Linux, so nothing printed is lost.
+process.exit(code);

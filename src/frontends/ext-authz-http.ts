@@ -16,8 +16,13 @@ export function createExtAuthzHttpDoor(options: HttpCheckDoorOptions & { readonl
       removesHeaders: true,
       translate({ method, url, headers }) {
         if (!url.startsWith(prefix)) return { error: `the check path does not start with the configured pathPrefix` };
+        // Envoy sends pathPrefix + the original origin-form target. What follows the prefix is never turned
+        // into a path: `*` (OPTIONS *) goes to the canonical path rules as it is (400), and anything else not
+        // starting with `/` (`/checkpublic/x` under `/check`, an absolute-form check URL) is refused here.
         const target = url.slice(prefix.length);
-        return { method, target: target.startsWith('/') ? target : `/${target}`, host: headers['host']?.[0] ?? '' };
+        if (target === '') return { method, target: '/', host: headers['host']?.[0] ?? '' };
+        if (!target.startsWith('/') && target !== '*') return { error: 'the check path is not pathPrefix followed by the original path' };
+        return { method, target, host: headers['host']?.[0] ?? '' };
       },
       allowHeaders(changes) {
         const headers: Record<string, string> = { ...changes.set };
