@@ -95,8 +95,8 @@ describe('config/defaults.ts', () => {
     }
   });
 
-  it('imports nothing (no zod, no library), and the schema no longer imports from authn', async () => {
-    expect(imports(await source('config/defaults.ts'))).toEqual([]);
+  it('imports no library (only the core path defaults it shares), and the schema no longer imports from authn', async () => {
+    expect(imports(await source('config/defaults.ts'))).toEqual(['../core/canonical-path.js']);
     expect(imports(await source('config/schema.ts')).filter((p) => p.includes('/authn/'))).toEqual([]);
   });
 
