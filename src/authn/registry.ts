@@ -39,7 +39,7 @@ async function readSecret(path: string, key: string, issues: ConfigIssue[]): Pro
   try {
     return Buffer.from((await readFile(path)).toString('utf8').trim(), 'utf8');
   } catch (err) {
-    issues.push({ path: key, message: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+    issues.push({ path: key, message: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, cause: err });
     return undefined;
   }
 }
@@ -55,13 +55,13 @@ export async function readJwtIssuers(config: Config, issues: ConfigIssue[]): Pro
       try {
         text = await readFile(issuer.jwksFile, 'utf8');
       } catch (err) {
-        issues.push({ path: `${path}.jwksFile`, message: `cannot read ${issuer.jwksFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+        issues.push({ path: `${path}.jwksFile`, message: `cannot read ${issuer.jwksFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, cause: err });
         continue;
       }
       try {
         keys = { jwks: checkJwks(JSON.parse(text)) };
       } catch (err) {
-        issues.push({ path: `${path}.jwksFile`, message: `invalid JWKS file: ${(err as Error).message}` });
+        issues.push({ path: `${path}.jwksFile`, message: `invalid JWKS file: ${(err as Error).message}`, cause: err });
         continue;
       }
     } else if (issuer.secretFile !== undefined) {
@@ -129,7 +129,7 @@ const jwtEntry: RegistryEntry = {
         async reloadFiles() {
           const reloadIssues: ConfigIssue[] = [];
           const next = await readJwtIssuers(config, reloadIssues);
-          if (reloadIssues.length > 0) throw new Error(reloadIssues.map((i) => `${i.path}: ${i.message}`).join('; '));
+          if (reloadIssues.length > 0) throw new Error(reloadIssues.map((i) => `${i.path}: ${i.message}`).join('; '), { cause: reloadIssues[0]?.cause });
           jwt.replaceLocalKeys(new Map(next.map((i) => [i.issuer, i.keys])));
         },
       };

@@ -111,12 +111,27 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
   interface Rendered {
     readonly set: Readonly<Record<string, string>>;
     readonly remove: readonly string[];
+    /** `remove` plus the extra names of a request (token headers present, spoofed headers seen), by those names. */
+    readonly removeWith: Map<string, readonly string[]>;
   }
 
   function render(identity: Identity): Rendered | undefined {
     const set = identityHeaders.render(identity);
     if (set === undefined) return undefined;
-    return Object.freeze({ set: Object.freeze(set), remove: Object.freeze(identityHeaders.names.filter((n) => !(n in set))) });
+    return { set: Object.freeze(set), remove: Object.freeze(identityHeaders.names.filter((n) => !(n in set))), removeWith: new Map() };
+  }
+
+  /** The removal list with a request's extra names; the usual combinations are built once per identity. */
+  function removalList(rendered: Rendered, extra: readonly string[]): readonly string[] {
+    if (extra.length === 0) return rendered.remove;
+    const key = extra.join(',');
+    let list = rendered.removeWith.get(key);
+    if (list === undefined) {
+      list = Object.freeze([...rendered.remove, ...extra]);
+      // Bounded: spoofed header names are the client's choice.
+      if (rendered.removeWith.size < 16) rendered.removeWith.set(key, list);
+    }
+    return list;
   }
 
   /**
@@ -128,29 +143,22 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     const extra: string[] = [];
     for (const name of spoofed) if (!(name in set)) extra.push(name);
     if (!options.forwardToken) {
+      // Token headers go whole; the Cookie header loses only the token cookies.
+      for (const name of credentials.tokenHeaders) if (headers[name] !== undefined) extra.push(name);
       const cookie = headers['cookie'];
-      const scratch: ForwardedHeaders = {};
-      let present = false;
-      for (const name of credentials.tokenHeaders) {
-        if (headers[name] !== undefined) {
-          scratch[name] = '';
-          present = true;
-        }
-      }
-      const joined = cookie?.join('; ');
-      if (joined !== undefined) scratch['cookie'] = joined;
-      if (present || joined !== undefined) {
+      if (cookie !== undefined) {
+        const joined = cookie.join('; ');
+        const scratch: ForwardedHeaders = { cookie: joined };
         credentials.scrubHeaders(scratch);
-        for (const name of credentials.tokenHeaders) if (headers[name] !== undefined && scratch[name] === undefined) extra.push(name);
         const after = scratch['cookie'];
-        if (joined !== undefined && after === undefined) extra.push('cookie');
+        if (after === undefined) extra.push('cookie');
         else if (typeof after === 'string' && after !== joined) set = { ...set, cookie: after };
       }
     }
     const query = options.forwardToken ? request.query : credentials.scrubQuery(request.query);
     return {
       set,
-      remove: extra.length === 0 ? rendered.remove : [...rendered.remove, ...extra],
+      remove: removalList(rendered, extra),
       query,
       removeQuery: query === request.query ? [] : droppedNames(request.query, query),
     };

@@ -93,6 +93,9 @@ export function createHttpShell(options: HttpShellOptions): HttpShell {
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     genReqId: requestIdOf,
+    // No pino child logger per request (fastify's default costs about 5% of a proxied request): our log
+    // lines carry the request id themselves.
+    childLoggerFactory: (logger) => logger,
     // Our own 503 SHUTTING_DOWN (preflight) instead of fastify's JSON.
     return503OnClosing: false,
     serverFactory: (handler) =>
