@@ -64,7 +64,7 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
       removesHeaders: door.removesHeaders,
     });
     options.observe(decision, started);
-    if (decision.outcome === 'allow') return reply.code(200).headers(door.allowHeaders(decision.upstream)).send();
+    if (decision.outcome === 'allow') return sendAnswer(reply, { status: 200, headers: door.allowHeaders(decision.upstream), body: '' });
     return sendAnswer(reply, decision.answer);
   }
 

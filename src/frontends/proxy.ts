@@ -21,7 +21,7 @@ import type { ReasonCode } from '../core/errors.js';
 import type { ForwardCallbacks, Forwarder } from '../upstream/forwarder.js';
 import { connectionNamed, isHopByHopRequestHeader } from '../upstream/hop-by-hop.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
-import { createHttpShell, sendAnswer } from './http-shell.js';
+import { createHttpShell, sendAnswer, writeAnswer } from './http-shell.js';
 
 export interface ProxyOptions {
   readonly engine: DecisionEngine;
@@ -107,13 +107,6 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     };
   }
 
-  /** Writes an answer on the raw response once the reply was hijacked (nothing sent yet). */
-  function writeRaw(res: ServerResponse, answer: ClientAnswer): void {
-    if (res.headersSent || res.writableEnded) return;
-    res.writeHead(answer.status, { ...answer.headers, 'content-length': String(Buffer.byteLength(answer.body)) });
-    res.end(answer.body);
-  }
-
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
     const raw = request.raw;
     const upgrade = upgrades.get(raw);
@@ -146,13 +139,13 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     const headers = upstreamHeaders(raw, decision);
     if (upgrade === undefined) {
       const res = reply.raw;
-      forwarder.forward({ method: raw.method ?? 'GET', path, headers, raw }, res, callbacks(decision, (a) => writeRaw(res, a)));
+      forwarder.forward({ method: raw.method ?? 'GET', path, headers, raw }, res, callbacks(decision, (a) => writeAnswer(res, a)));
       return undefined;
     }
     // The handshake headers (Sec-WebSocket-*) go as the client sent them; undici sets Connection and Upgrade.
     relayed.add(upgrade.socket);
     upgrade.socket.once('close', () => relayed.delete(upgrade.socket));
-    forwarder.upgrade({ path, headers, socket: upgrade.socket, head: upgrade.head }, callbacks(decision, (a) => writeRaw(reply.raw, a)));
+    forwarder.upgrade({ path, headers, socket: upgrade.socket, head: upgrade.head }, callbacks(decision, (a) => writeAnswer(reply.raw, a)));
     return undefined;
   }
 
