@@ -60,3 +60,19 @@ export function headerMap(entries: Iterable<readonly [string, string | readonly 
   }
   return map;
 }
+
+/**
+ * The HeaderMap of a request as node received it (`rawHeaders`: name, value, name, value...), in one pass:
+ * every line kept, names lower-cased. Cheaper than going through node's `headersDistinct` object.
+ */
+export function headerMapFromRaw(rawHeaders: readonly string[]): HeaderMap {
+  const map: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const key = (rawHeaders[i] ?? '').toLowerCase();
+    const value = rawHeaders[i + 1] ?? '';
+    const existing = map[key];
+    if (existing === undefined) map[key] = [value];
+    else existing.push(value);
+  }
+  return map;
+}

@@ -6,7 +6,7 @@
  * (status, WWW-Authenticate, problem body), which the proxy passes on to its client.
  */
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
-import { headerMap, type HeaderMap, type WireRequest } from '../core/access-request.js';
+import { headerMapFromRaw, type HeaderMap, type WireRequest } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
 import { problemAnswer, type UpstreamChanges } from '../core/decision.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
@@ -42,7 +42,7 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
 
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const raw = request.raw;
-    const headers = headerMap(Object.entries(raw.headersDistinct));
+    const headers = headerMapFromRaw(raw.rawHeaders);
     // The original request's id, as the proxy passed it.
     const requestId = requestIdOrNew(headers['x-request-id']?.[0]);
     const early = shell.preflight(request);

@@ -14,7 +14,7 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
-import { headerMap } from '../core/access-request.js';
+import { headerMapFromRaw } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
 import { problemAnswer, type ClientAnswer, type Decision } from '../core/decision.js';
 import type { ReasonCode } from '../core/errors.js';
@@ -122,7 +122,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       method: raw.method ?? 'GET',
       target: (raw as IncomingMessage & { originalUrl?: string }).originalUrl ?? raw.url ?? '',
       host: raw.headers.host ?? '',
-      headers: headerMap(Object.entries(raw.headersDistinct)),
+      headers: headerMapFromRaw(raw.rawHeaders),
       peer: '',
       requestId: request.id,
       rewritesPath: true,
