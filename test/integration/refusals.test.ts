@@ -11,7 +11,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rawRequest, type RawResponse } from '../support/raw-http.js';
+import { rawRequest, rawSocketExchange, type RawResponse } from '../support/raw-http.js';
 import { httpUrl, startServe, writeConfig, type ServeProcess } from '../support/serve.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
 
@@ -173,29 +173,13 @@ function expectProblem(res: RawResponse, status: number, what: string): Record<s
  * A request with a body, sent byte for byte (rawRequest appends its Connection header after the lines, which
  * would land in the body): the head, `Connection: close`, then exactly `body`. Read until the server closes.
  */
-function rawWithBody(url: string, head: readonly string[], body: string): Promise<RawResponse> {
+async function rawWithBody(url: string, head: readonly string[], body: string): Promise<RawResponse> {
   const { hostname, port } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: hostname, port: Number(port) });
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error('no answer within 5 s'));
-    }, 5_000);
-    socket.on('connect', () => socket.write(`${[...head, `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close', '', body].join('\r\n')}`));
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    socket.on('close', () => {
-      clearTimeout(timer);
-      const all = responses(Buffer.concat(chunks).toString('utf8'));
-      const [first] = all;
-      if (first === undefined || all.length !== 1) reject(new Error(`expected one answer, got ${all.length}`));
-      else resolve(first);
-    });
-  });
+  const bytes = [...head, `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close', '', body].join('\r\n');
+  const all = responses(await rawSocketExchange(hostname, Number(port), bytes));
+  const [first] = all;
+  if (first === undefined || all.length !== 1) throw new Error(`expected one answer, got ${all.length}`);
+  return first;
 }
 
 const manyFields = (n: number): string[] => Array.from({ length: n }, (_, i) => `h${i}: 1`);

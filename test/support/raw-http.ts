@@ -10,16 +10,20 @@ export interface RawResponse {
   readonly body: string;
 }
 
-export function rawRequest(url: string, lines: readonly string[], timeoutMs = 5_000): Promise<RawResponse> {
-  const { hostname, port } = new URL(url);
+/**
+ * The one raw-socket exchange of the tests: connects to host:port, writes `bytes` exactly as given and
+ * resolves with everything the server sent once it closes the connection. Rejects on a socket error, or
+ * when the server has not closed within `timeoutMs` (the socket is destroyed then).
+ */
+export function rawSocketExchange(host: string, port: number, bytes: string, timeoutMs = 5_000): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: hostname, port: Number(port) });
+    const socket = connect({ host, port });
     const chunks: Buffer[] = [];
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new Error('raw request timed out'));
+      reject(new Error(`no answer from ${host}:${port} within ${timeoutMs} ms`));
     }, timeoutMs);
-    socket.on('connect', () => socket.write(`${[...lines, 'Connection: close', '', ''].join('\r\n')}`));
+    socket.on('connect', () => socket.write(bytes));
     socket.on('data', (c: Buffer) => chunks.push(c));
     socket.on('error', (err) => {
       clearTimeout(timer);
@@ -27,15 +31,20 @@ export function rawRequest(url: string, lines: readonly string[], timeoutMs = 5_
     });
     socket.on('close', () => {
       clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('utf8');
-      const [head = '', ...rest] = text.split('\r\n\r\n');
-      const [statusLine = '', ...headerLines] = head.split('\r\n');
-      const headers: Record<string, string> = {};
-      for (const line of headerLines) {
-        const i = line.indexOf(':');
-        if (i > 0) headers[line.slice(0, i).toLowerCase()] = line.slice(i + 1).trim();
-      }
-      resolve({ status: Number(statusLine.split(' ')[1]), headers, body: rest.join('\r\n\r\n') });
+      resolve(Buffer.concat(chunks).toString('utf8'));
     });
   });
+}
+
+export async function rawRequest(url: string, lines: readonly string[], timeoutMs = 5_000): Promise<RawResponse> {
+  const { hostname, port } = new URL(url);
+  const text = await rawSocketExchange(hostname, Number(port), [...lines, 'Connection: close', '', ''].join('\r\n'), timeoutMs);
+  const [head = '', ...rest] = text.split('\r\n\r\n');
+  const [statusLine = '', ...headerLines] = head.split('\r\n');
+  const headers: Record<string, string> = {};
+  for (const line of headerLines) {
+    const i = line.indexOf(':');
+    if (i > 0) headers[line.slice(0, i).toLowerCase()] = line.slice(i + 1).trim();
+  }
+  return { status: Number(statusLine.split(' ')[1]), headers, body: rest.join('\r\n\r\n') };
 }

@@ -3,7 +3,6 @@
  * answers with a Decision the test builds, so a door's translation (wire in, rendered answer out) is
  * tested without tokens or policies. Also: a silent logger and raw HTTP/1.1 exchanges over a socket.
  */
-import { connect } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 import { pino } from 'pino';
 import type { AccessRequest, WireRequest } from '../../../src/core/access-request.js';
@@ -11,6 +10,7 @@ import type { DecisionEngine, Readiness } from '../../../src/core/decide.js';
 import { NO_UPSTREAM_CHANGES, problemAnswer, type Decision, type UpstreamChanges } from '../../../src/core/decision.js';
 import { REASONS, type ReasonCode } from '../../../src/core/errors.js';
 import type { Identity } from '../../../src/core/identity.js';
+import { rawSocketExchange } from '../../support/raw-http.js';
 
 export const silentLogger: FastifyBaseLogger = pino({ level: 'silent' });
 
@@ -106,37 +106,21 @@ export function header(answer: RawAnswer, name: string): string | undefined {
  * Sends the request line and header lines (no terminating blank line) as raw bytes and reads the
  * answer until the server closes the connection (a `Connection: close` is added unless `close: false`).
  */
-export function rawExchange(address: string, lines: readonly string[], options: { readonly close?: boolean; readonly body?: string } = {}): Promise<RawAnswer> {
+export async function rawExchange(address: string, lines: readonly string[], options: { readonly close?: boolean; readonly body?: string } = {}): Promise<RawAnswer> {
   const [host = '', port = ''] = address.split(/:(?=\d+$)/);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host, port: Number(port) });
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error('raw exchange timed out'));
-    }, 4_000);
-    socket.on('connect', () => socket.write(`${[...lines, ...(options.close === false ? [] : ['Connection: close']), '', ''].join('\r\n')}${options.body ?? ''}`));
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    socket.on('close', () => {
-      clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('utf8');
-      const end = text.indexOf('\r\n\r\n');
-      const head = end < 0 ? text : text.slice(0, end);
-      const [statusLine = '', ...headerLines] = head.split('\r\n');
-      const headers: Array<[string, string]> = [];
-      for (const line of headerLines) {
-        const i = line.indexOf(':');
-        if (i > 0) headers.push([line.slice(0, i).toLowerCase(), line.slice(i + 1).trim()]);
-      }
-      let body = end < 0 ? '' : text.slice(end + 4);
-      if (/chunked/i.test(headers.find(([n]) => n === 'transfer-encoding')?.[1] ?? '')) body = unchunk(body);
-      resolve({ status: Number(statusLine.split(' ')[1]), headers, body });
-    });
-  });
+  const bytes = `${[...lines, ...(options.close === false ? [] : ['Connection: close']), '', ''].join('\r\n')}${options.body ?? ''}`;
+  const text = await rawSocketExchange(host, Number(port), bytes, 4_000);
+  const end = text.indexOf('\r\n\r\n');
+  const head = end < 0 ? text : text.slice(0, end);
+  const [statusLine = '', ...headerLines] = head.split('\r\n');
+  const headers: Array<[string, string]> = [];
+  for (const line of headerLines) {
+    const i = line.indexOf(':');
+    if (i > 0) headers.push([line.slice(0, i).toLowerCase(), line.slice(i + 1).trim()]);
+  }
+  let body = end < 0 ? '' : text.slice(end + 4);
+  if (/chunked/i.test(headers.find(([n]) => n === 'transfer-encoding')?.[1] ?? '')) body = unchunk(body);
+  return { status: Number(statusLine.split(' ')[1]), headers, body };
 }
 
 function unchunk(text: string): string {
