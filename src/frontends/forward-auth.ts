@@ -32,8 +32,10 @@ function original(headers: HeaderMap): { method: string; target: string; host: s
   };
   const method = single(methodName);
   const target = single(uriName);
-  // A repeated X-Forwarded-Host (null) is an error, not a reason to fall back to the check's own Host.
-  const forwardedHost = single('x-forwarded-host');
+  // X-Forwarded-Host belongs to the X-Forwarded-* family (Traefik, Caddy). nginx's auth_request passes the
+  // client's own X-Forwarded-Host along, so with the X-Original-* family the host is the check's Host only.
+  // A repeated X-Forwarded-Host (null) is an error, not a reason to fall back to Host.
+  const forwardedHost = hasForwarded ? single('x-forwarded-host') : undefined;
   const host = forwardedHost === undefined ? single('host') : forwardedHost;
   if (method === null || target === null || host === null) return { error: 'forward-auth got a repeated X-Forwarded-*/X-Original-* or Host header' };
   if (method === undefined || target === undefined) {

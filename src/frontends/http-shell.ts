@@ -78,12 +78,29 @@ export function sendProblem(reply: FastifyReply, code: ReasonCode, detail: strin
   return sendAnswer(reply, problemAnswer(code, detail, reply.request.id, headers));
 }
 
+/** How long a socket we answered on may take to take the answer before it is cut. */
+const LAST_ANSWER_MS = 5_000;
+
+/**
+ * Ends a socket that node's HTTP server no longer looks after (a client error, CONNECT, an upgrade): the
+ * answer is flushed, then the socket is destroyed. `end()` alone leaves it half-open for as long as the
+ * client keeps its side open, outside every server timeout and the drain (a slowloris in another form).
+ */
+export function finishSocket(socket: Duplex, data?: string): void {
+  const cut = setTimeout(() => socket.destroy(), LAST_ANSWER_MS);
+  cut.unref();
+  socket.end(data ?? '', () => {
+    clearTimeout(cut);
+    socket.destroy();
+  });
+}
+
 /** A problem+json refusal written straight to a socket that has no HTTP response (a client error, CONNECT). */
 export function writeSocketProblem(socket: Duplex, code: ReasonCode, detail: string): void {
   const answer = problemAnswer(code, detail);
   let head = `HTTP/1.1 ${answer.status} ${REASONS[code].title}\r\n`;
   for (const [name, value] of Object.entries(answer.headers)) head += `${name}: ${value}\r\n`;
-  socket.end(`${head}content-length: ${Buffer.byteLength(answer.body)}\r\nconnection: close\r\n\r\n${answer.body}`);
+  finishSocket(socket, `${head}content-length: ${Buffer.byteLength(answer.body)}\r\nconnection: close\r\n\r\n${answer.body}`);
 }
 
 /** What node's HTTP parser refused, as one of our reason codes. */

@@ -21,7 +21,7 @@ import type { ReasonCode } from '../core/errors.js';
 import type { ForwardCallbacks, Forwarder } from '../upstream/forwarder.js';
 import { connectionNamed, isHopByHopRequestHeader } from '../upstream/hop-by-hop.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
-import { createHttpShell, sendAnswer, writeAnswer } from './http-shell.js';
+import { createHttpShell, finishSocket, sendAnswer, writeAnswer } from './http-shell.js';
 
 export interface ProxyOptions {
   readonly engine: DecisionEngine;
@@ -67,27 +67,32 @@ function upstreamHeaders(raw: IncomingMessage, decision: Decision): Record<strin
   Object.assign(headers, set);
   headers['x-request-id'] = decision.requestId;
   // The host the decision was made for (an absolute-form target's authority wins over Host).
+  // The client's own X-Forwarded-Host never reaches the app.
   const host = decision.request?.host;
   if (host !== undefined && host !== '') headers['x-forwarded-host'] = host;
+  else delete headers['x-forwarded-host'];
   return headers;
 }
 
 export function createProxyDoor(options: ProxyOptions): FrontDoor {
   const { engine, forwarder, logger } = options;
   const upgrades = new WeakMap<IncomingMessage, Upgrade>();
-  /** Joined WebSocket connections, cut at the drain deadline (node's server no longer tracks them). */
-  const relayed = new Set<Duplex>();
+  /** Upgrade sockets (deciding, joined, or answering), cut at the drain deadline: node's server no longer tracks them. */
+  const taken = new Set<Duplex>();
   const shell = createHttpShell({ logger, oneRoute: true });
   const app = shell.app;
 
   if (options.websockets) {
     app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       upgrades.set(req, { socket, head });
+      // The socket has left node's HTTP server: ours to cut at the drain deadline, from now on.
+      taken.add(socket);
+      socket.once('close', () => taken.delete(socket));
       const res = new ServerResponse(req);
       res.assignSocket(socket as Socket);
-      // The socket has left node's HTTP parser: an answer written here (a deny) is the last on it.
+      // An answer written here (a deny, a 502) is the last on this socket.
       res.shouldKeepAlive = false;
-      res.once('finish', () => socket.end());
+      res.once('finish', () => finishSocket(socket));
       app.routing(req, res);
     });
   }
@@ -143,8 +148,6 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       return undefined;
     }
     // The handshake headers (Sec-WebSocket-*) go as the client sent them; undici sets Connection and Upgrade.
-    relayed.add(upgrade.socket);
-    upgrade.socket.once('close', () => relayed.delete(upgrade.socket));
     forwarder.upgrade({ path, headers, socket: upgrade.socket, head: upgrade.head }, callbacks(decision, (a) => writeAnswer(reply.raw, a)));
     return undefined;
   }
@@ -154,7 +157,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
 
   return shell.door('proxy', {
     onDeadline: () => {
-      for (const socket of relayed) socket.destroy();
+      for (const socket of taken) socket.destroy();
     },
   });
 }

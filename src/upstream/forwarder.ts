@@ -8,6 +8,7 @@
  * opens the upgraded connection and the two sockets are joined byte for byte (the frames are the client's
  * and the application's business, as through nginx).
  */
+import { createHash } from 'node:crypto';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
@@ -77,6 +78,18 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
     out[name] = headers[name];
   }
   return out;
+}
+
+/** RFC 6455 §4.2.2: the GUID the server appends to the client's key for Sec-WebSocket-Accept. */
+const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+
+/** True when a 101 answer completes a WebSocket handshake for `key` (RFC 6455 §4.1, the client's checks). */
+export function acceptsWebSocket(headers: Record<string, string | string[] | undefined>, key: string | string[] | undefined): boolean {
+  if (typeof key !== 'string') return false;
+  const upgrade = headers['upgrade'];
+  const accept = headers['sec-websocket-accept'];
+  if (typeof upgrade !== 'string' || upgrade.toLowerCase() !== 'websocket' || typeof accept !== 'string') return false;
+  return accept === createHash('sha1').update(key + WEBSOCKET_GUID).digest('base64');
 }
 
 /** The status line and headers of a 101 answer, as written to the client's socket. */
@@ -173,14 +186,22 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       pool
         .upgrade({ path: request.path, method: 'GET', headers, protocol: 'websocket', signal: abort.signal })
         .then(
-          ({ headers, socket: app }) => {
+          ({ headers: answered, socket: app }) => {
             client.off('close', onClientGone);
             if (client.destroyed) {
               app.destroy();
               return;
             }
+            // Only a real WebSocket handshake for this very key joins the sockets: any other 101 (an app
+            // route that says 101 and keeps speaking HTTP) would turn the connection into a tunnel past the
+            // decision (WebSocket request smuggling).
+            if (!acceptsWebSocket(answered, headers['sec-websocket-key'])) {
+              app.destroy();
+              callbacks.onFailure('unavailable', new Error('the application answered 101 without a WebSocket handshake for this key'));
+              return;
+            }
             callbacks.onResponse?.(101);
-            client.write(switchingProtocols(headers));
+            client.write(switchingProtocols(answered));
             if (request.head.length > 0) app.write(request.head);
             // Either side closing or failing ends both.
             app.on('error', () => client.destroy());

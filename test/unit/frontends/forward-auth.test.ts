@@ -55,6 +55,13 @@ describe('forward-auth door: the WireRequest', () => {
     expect(engine.calls[0]).toMatchObject({ method: 'POST', target: '/orders?page=2', host: 'shop.example', removesHeaders: false, rewritesPath: false });
   });
 
+  it("with nginx's X-Original-* family, a client's X-Forwarded-Host (nginx passes it along) does not pick the host", async () => {
+    const engine = fakeEngine((w) => deny(w, 'POLICY_DENIED'));
+    const address = await startDoor(engine);
+    await rawExchange(address, ['GET /auth HTTP/1.1', 'Host: shop.example', 'X-Original-Method: GET', 'X-Original-URI: /x', 'X-Forwarded-Host: admin.internal']);
+    expect(engine.calls[0]).toMatchObject({ host: 'shop.example' });
+  });
+
   it('makes a new request id when the check has none', async () => {
     const engine = fakeEngine((w) => deny(w, 'POLICY_DENIED'));
     const address = await startDoor(engine);

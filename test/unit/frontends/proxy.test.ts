@@ -234,3 +234,43 @@ describe("proxy door: the shell's own refusals are problems whose body status is
     expect(engine.calls).toHaveLength(0);
   });
 });
+
+describe('proxy door: fixes from the security review', () => {
+  const HANDSHAKE = ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13'];
+
+  it('a 101 from the app that is not a WebSocket handshake for this key is a 502, never a joined tunnel (WebSocket smuggling)', async () => {
+    // An app route that says 101 and keeps parsing HTTP on the same connection.
+    const smuggled: string[] = [];
+    const sockets: Array<{ destroy(): void }> = [];
+    const app = createServer();
+    app.on('upgrade', (_req, socket) => {
+      sockets.push(socket);
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+      socket.on('data', (d: Buffer) => smuggled.push(d.toString('latin1')));
+    });
+    await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
+    try {
+      const engine = fakeEngine((w) => allow(w));
+      const address = await startProxy(engine, `http://127.0.0.1:${(app.address() as AddressInfo).port}`, true);
+      const smuggle = 'DELETE /admin/secret HTTP/1.1\r\nHost: h\r\nX-Auth-Subject: root\r\n\r\n';
+      const answer = await rawExchange(address, ['GET /ws/fake101 HTTP/1.1', 'Host: h', ...HANDSHAKE], { close: false, body: smuggle });
+      expect(answer.status).toBe(502);
+      expect(problemOf(answer.status, header(answer, 'content-type'), answer.body).code).toBe('UPSTREAM_UNAVAILABLE');
+      await new Promise((r) => setTimeout(r, 100));
+      expect(smuggled.join('')).not.toContain('DELETE /admin/secret');
+    } finally {
+      // Upgraded sockets are no longer the HTTP server's: closeAllConnections does not reach them.
+      for (const socket of sockets) socket.destroy();
+      app.closeAllConnections();
+      await new Promise<void>((resolve) => app.close(() => resolve()));
+    }
+  });
+
+  it("the client's own X-Forwarded-Host never reaches the app, even when no host was decided", async () => {
+    const engine = fakeEngine((w) => allow(w, {}, { host: '' }));
+    const address = await startProxy(engine);
+    await rawExchange(address, ['GET /x HTTP/1.0', 'X-Forwarded-Host: admin.internal']);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.headers['x-forwarded-host']).toBeUndefined();
+  });
+});
