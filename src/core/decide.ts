@@ -141,7 +141,8 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
   function upstreamChanges(request: AccessRequest, headers: HeaderMap, spoofed: readonly string[], rendered: Rendered): UpstreamChanges {
     let set = rendered.set;
     const extra: string[] = [];
-    for (const name of spoofed) if (!(name in set)) extra.push(name);
+    // Spoofed names not already removed (an owned name the identity does not set is in `remove` anyway).
+    for (const name of spoofed) if (!(name in set) && !rendered.remove.includes(name)) extra.push(name);
     if (!options.forwardToken) {
       // Token headers go whole; the Cookie header loses only the token cookies.
       for (const name of credentials.tokenHeaders) if (headers[name] !== undefined) extra.push(name);
