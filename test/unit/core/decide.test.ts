@@ -293,6 +293,7 @@ describe('decide: client identity headers', () => {
     for (const [name] of spoofed) if (!(name.toLowerCase() in d.upstream.set)) expect(remove.has(name.toLowerCase())).toBe(true);
     for (const name of ['x-auth-scopes', 'x_auth_scopes', 'x-user-email', 'x-http-method-override', 'authorization']) expect(remove.has(name)).toBe(true);
     for (const name of Object.keys(d.upstream.set)) expect(remove.has(name)).toBe(false);
+    expect(remove.size).toBe(d.upstream.remove.length);
   });
 
   it('refuses them with 400 on a door that cannot remove headers upstream (forward-auth)', async () => {
