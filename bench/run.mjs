@@ -194,9 +194,9 @@ end
 
 /** The NODE_OPTIONS the Kubernetes example runs the sidecar with (row 5t measures them). */
 function deployedNodeOptions() {
-  const text = readFileSync(join(ROOT, 'deploy/kubernetes/deployment.yaml'), 'utf8');
+  const text = readFileSync(join(ROOT, 'deploy/kubernetes/base/deployment.yaml'), 'utf8');
   const match = /- name: NODE_OPTIONS\s*\n\s*value: (.+)/.exec(text);
-  if (!match) throw new Error('deploy/kubernetes/deployment.yaml sets no NODE_OPTIONS');
+  if (!match) throw new Error('deploy/kubernetes/base/deployment.yaml sets no NODE_OPTIONS');
   return match[1].trim();
 }
 

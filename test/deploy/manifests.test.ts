@@ -16,7 +16,9 @@ import { parseAllDocuments } from 'yaml';
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = path.join(ROOT, 'bin/authz-sidecar.js');
-const K8S_DIR = path.join(ROOT, 'deploy/kubernetes');
+const K8S_ROOT = path.join(ROOT, 'deploy/kubernetes');
+/** The base the overlays include (deploy/kubernetes itself and classic/). */
+const K8S_DIR = path.join(K8S_ROOT, 'base');
 const ISTIO_DIR = path.join(ROOT, 'deploy/istio');
 const COMPOSE_FILE = path.join(ROOT, 'deploy/compose/compose.yaml');
 
@@ -270,7 +272,20 @@ describe('deploy manifests parse and are structurally valid', () => {
     expect(() => new Deployment({ metadata: { name: 'x' }, spec: { replicas: 'two' as unknown as number, selector: {}, template: {} } }).validate()).toThrow();
   });
 
-  it('kustomization.yaml lists every other manifest in deploy/kubernetes, and only existing ones', async () => {
+  it('deploy/kubernetes and classic/ are overlays of base/, never of a folder that contains them (kustomize refuses that cycle)', async () => {
+    const root = (await parseFile(path.join(K8S_ROOT, 'kustomization.yaml')))[0]?.value;
+    expect(root?.resources).toEqual(['base']);
+    const classic = (await parseFile(path.join(K8S_ROOT, 'classic/kustomization.yaml')))[0]?.value;
+    for (const overlay of [{ dir: K8S_ROOT, k: root }, { dir: path.join(K8S_ROOT, 'classic'), k: classic }]) {
+      for (const resource of arr(overlay.k?.resources, 'resources').map((r) => str(r, 'resource'))) {
+        const target = path.resolve(overlay.dir, resource);
+        // A resource folder that contains the overlay's own folder is the cycle kustomize refuses.
+        expect(overlay.dir.startsWith(`${target}${path.sep}`) || overlay.dir === target, `${overlay.dir} includes ${resource}`).toBe(false);
+      }
+    }
+  });
+
+  it('base/kustomization.yaml lists every other manifest in deploy/kubernetes/base, and only existing ones', async () => {
     const kustomization = one(k8sDocs, 'Kustomization');
     const listed = arr(kustomization.resources, 'resources').map((r) => str(r, 'resource')).sort();
     const files = (await yamlFiles(K8S_DIR)).map((f) => path.basename(f)).filter((f) => f !== 'kustomization.yaml');
@@ -481,11 +496,11 @@ function applyJsonPatch(target: Obj, ops: unknown[]): Obj {
 
 describe('deploy/kubernetes/classic: the two-container variant for clusters before 1.29', () => {
   it('patches the base Deployment into a pod with the sidecar as a regular container, as locked down', async () => {
-    const docs = await parseFile(path.join(K8S_DIR, 'classic/kustomization.yaml'));
+    const docs = await parseFile(path.join(K8S_ROOT, 'classic/kustomization.yaml'));
     expect(docs).toHaveLength(1);
     const kustomization = (docs[0] as Doc).value;
     validateStructure(docs[0] as Doc);
-    expect(kustomization.resources).toEqual(['..']);
+    expect(kustomization.resources).toEqual(['../base']);
     const base = one(k8sDocs, 'Deployment');
     const baseMeta = obj(base.metadata, 'metadata');
     let patched = base;
