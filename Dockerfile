@@ -4,9 +4,12 @@
 #   docker run --rm -p 8080:8080 -p 8081:8081 -v "$PWD/policies:/etc/authz-sidecar:ro" authz-sidecar
 # Runs read-only friendly (nothing is written outside /tmp), as a numeric non-root user, with no secrets baked
 # in: config, model, policy, JWKS and client secrets are mounted at run time (see deploy/).
+# Node 26, the Active LTS (Node 20 is end of life; 22 ends in April 2027). Measured on the proxy door
+# (README, Performance): resting RSS about 99 MiB on 22, 24 and 26 alike, peak under load 129-132 MiB on 22,
+# 143 on 24, 146 on 26; 26 for the longest security support at about 3 MiB over 24.
 
 # ---- build stage: full `npm ci` (TypeScript is a devDependency) and `npm run build` -------------------
-FROM node:20-alpine AS build
+FROM node:26-alpine AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -17,13 +20,13 @@ COPY src/ src/
 RUN npm run build
 
 # ---- production dependencies only (no build scripts: nothing in the runtime needs them) ---------------
-FROM node:20-alpine AS deps
+FROM node:26-alpine AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
 # ---- runtime stage -----------------------------------------------------------------------------------
-FROM node:20-alpine AS runtime
+FROM node:26-alpine AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=deps /app/node_modules/ ./node_modules/

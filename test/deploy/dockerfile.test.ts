@@ -111,8 +111,10 @@ describe('Dockerfile', () => {
     expect(ops(depsStage as Stage, 'RUN').some((r) => /npm ci\b.*--omit=dev/.test(r.args))).toBe(true);
   });
 
-  it('the runtime stage is a small node 20 image (alpine or distroless)', () => {
-    expect(runtime.from).toMatch(/^(?:docker\.io\/(?:library\/)?)?node:20[\w.-]*-alpine[\w.]*$|^gcr\.io\/distroless\/nodejs20-debian\d+(?::[\w.-]+)?$/);
+  it('every stage is a small image of a supported Node LTS the README promises (26: alpine or distroless)', () => {
+    expect(runtime.from).toMatch(/^(?:docker\.io\/(?:library\/)?)?node:26[\w.-]*-alpine[\w.]*$|^gcr\.io\/distroless\/nodejs26-debian\d+(?::[\w.-]+)?$/);
+    // Build and runtime on the same major: the bundle targets what it runs on.
+    for (const s of stages) expect(s.from).toMatch(/node:26|nodejs26/);
     for (const s of stages) expect(s.from, 'pinned to a tag, never latest').toMatch(/:(?!latest$)[\w.-]+$/);
   });
 
