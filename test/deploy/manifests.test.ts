@@ -68,6 +68,7 @@ const KNOWN_KINDS: Record<string, string[]> = {
   PodDisruptionBudget: ['policy/v1'],
   Kustomization: ['kustomize.config.k8s.io/v1beta1'],
   AuthorizationPolicy: ['security.istio.io/v1', 'security.istio.io/v1beta1'],
+  ServiceEntry: ['networking.istio.io/v1', 'networking.istio.io/v1beta1'],
   IstioOperator: ['install.istio.io/v1alpha1'],
 };
 const NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -214,11 +215,11 @@ function checkPodLeastPrivilege(pod: Obj): void {
 }
 
 /** Secret volumes exist, name Secrets that ship, and are mounted (read-only) into authz-sidecar only. */
-function checkSecretOnlyInSidecar(pod: Obj): void {
+function checkSecretOnlyInSidecar(pod: Obj, docs: Doc[] = k8sDocs): void {
   const volumes = arr(pod.volumes, 'volumes').map((v) => obj(v, 'volume'));
   const secretVolumes = new Set(volumes.filter((v) => v.secret !== undefined || v.projected !== undefined).map((v) => v.name));
   expect(secretVolumes.size).toBeGreaterThan(0);
-  const secretNames = byKind(k8sDocs, 'Secret').map((s) => obj(s.metadata, 'metadata').name);
+  const secretNames = byKind(docs, 'Secret').map((s) => obj(s.metadata, 'metadata').name);
   for (const v of volumes.filter((v) => v.secret !== undefined)) expect(secretNames).toContain(obj(v.secret, 'secret').secretName);
   const { init, main } = containersOf(pod);
   for (const c of [...init, ...main]) {
@@ -304,11 +305,54 @@ describe('deploy/istio', () => {
       const { init, main } = containersOf(pod);
       for (const c of [...init, ...main]) {
         checkContainerLeastPrivilege(c, obj(pod.securityContext ?? {}, 'pod securityContext'));
+        expect(obj(obj(c.resources, 'resources').limits, 'limits').memory).toBeDefined();
+        if (c.name !== 'authz-sidecar') continue;
         expect(obj(obj(c.readinessProbe, 'readinessProbe').httpGet, 'httpGet')).toMatchObject({ path: '/readyz', port: 8081 });
         expect(obj(obj(c.livenessProbe, 'livenessProbe').httpGet, 'httpGet')).toMatchObject({ path: '/healthz', port: 8081 });
-        expect(obj(obj(c.resources, 'resources').limits, 'limits').memory).toBeDefined();
       }
     }
+  });
+
+  describe('per pod (deploy/istio/per-pod.yaml)', () => {
+    const perPod = (): Doc[] => istioDocs.filter((d) => d.file.endsWith('per-pod.yaml'));
+    const deployment = (): Obj => one(perPod(), 'Deployment');
+
+    it('runs authz-sidecar as a native sidecar beside the app, locked down, the Secret in the sidecar only', () => {
+      const pod = podSpec(deployment());
+      const { init, main } = containersOf(pod);
+      expect(init.map((c) => [c.name, c.restartPolicy])).toEqual([['authz-sidecar', 'Always']]);
+      expect(main.map((c) => c.name)).toEqual(['app']);
+      checkPodLeastPrivilege(pod);
+      checkSecretOnlyInSidecar(pod, perPod());
+    });
+
+    it("wires the pod's own sidecar: gRPC door on 127.0.0.1, the ServiceEntry, the provider and the policy agree", async () => {
+      const config = parseAllDocuments(str(obj(one(perPod(), 'ConfigMap').data, 'data')['authz-sidecar.yaml'], 'config'))[0]?.toJS() as Obj;
+      const grpcListen = str(obj(obj(config.extAuthz, 'extAuthz').grpc, 'grpc').listen, 'grpc.listen');
+      expect(grpcListen).toMatch(/^127\.0\.0\.1:\d+$/);
+      const port = Number(grpcListen.split(':')[1]);
+      const entry = obj(one(perPod(), 'ServiceEntry').spec, 'ServiceEntry spec');
+      expect(arr(entry.endpoints, 'endpoints').map((e) => obj(e, 'endpoint').address)).toEqual(['127.0.0.1']);
+      expect(arr(entry.ports, 'ports').map((p) => obj(p, 'port').number)).toEqual([port]);
+      const host = str(arr(entry.hosts, 'hosts')[0], 'host');
+      const mesh = one(istioDocs, 'IstioOperator');
+      const providers = arr(obj(obj(mesh.spec, 'spec').meshConfig, 'meshConfig').extensionProviders, 'extensionProviders').map((p) => obj(p, 'provider'));
+      const policy = obj(one(perPod(), 'AuthorizationPolicy').spec, 'AuthorizationPolicy spec');
+      expect(policy.action).toBe('CUSTOM');
+      const provider = providers.find((p) => p.name === obj(policy.provider, 'provider').name);
+      expect(provider, 'the policy names a registered provider').toBeDefined();
+      expect(obj(provider?.envoyExtAuthzGrpc, 'envoyExtAuthzGrpc')).toMatchObject({ service: host, port, failOpen: false });
+      const labels = obj(obj(obj(obj(deployment().spec, 'spec').template, 'template').metadata, 'metadata').labels, 'labels');
+      expect(obj(policy.selector, 'selector').matchLabels).toEqual(labels);
+    });
+
+    it('its config, with the Secret mounted beside it, passes `authz-sidecar validate`', async () => {
+      const dir = path.join(tmp, 'istio-per-pod');
+      await materialize(one(perPod(), 'ConfigMap'), path.join(dir, 'config'));
+      await materialize(one(perPod(), 'Secret'), path.join(dir, 'keys'));
+      const result = await validateConfig(path.join(dir, 'config', 'authz-sidecar.yaml'));
+      expect(result.code, result.out).toBe(0);
+    });
   });
 });
 
@@ -532,7 +576,7 @@ describe('example configs that ship pass `authz-sidecar validate`', () => {
   });
 
   it('the config in deploy/istio/authz-sidecar.yaml', async () => {
-    const configMap = byKind(istioDocs, 'ConfigMap')[0];
+    const configMap = istioDocs.find((d) => d.value.kind === 'ConfigMap' && d.file.endsWith('authz-sidecar.yaml'))?.value;
     expect(configMap).toBeDefined();
     const dir = path.join(tmp, 'istio');
     await materialize(configMap as Obj, dir);
