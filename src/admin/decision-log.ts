@@ -3,7 +3,7 @@
  * denied | all) and the metrics. The log line names who asked for what and why the answer was what it was;
  * never a token, a secret or the claims.
  */
-import type { Decision } from '../core/decision.js';
+import type { DecisionObserver } from '../frontends/front-door.js';
 import { decisionLabel, type Metrics } from './metrics.js';
 
 export type DecisionLogLevel = 'none' | 'denied' | 'all';
@@ -12,8 +12,6 @@ export interface DecisionLogger {
   info(obj: object, msg: string): void;
 }
 
-/** Called by a door with each decision and when it was started (the doors' DecisionObserver). */
-export type DecisionObserver = (decision: Decision, startedNs: bigint) => void;
 
 export function createDecisionObserver(options: {
   readonly level: DecisionLogLevel;
