@@ -134,6 +134,8 @@ function record(id, name, pid, samples, notes = '', baselineOf = undefined) {
     failed: 0,
     rounds: samples.length,
     rpsRange: samples.length > 1 ? [Math.round(sorted[0].rps), Math.round(sorted.at(-1).rps)] : undefined,
+    // Every round in order, so that a row and its baseline row can be compared round by round.
+    roundResults: samples.length > 1 ? samples.map((s) => ({ rps: Math.round(s.rps), cpuSecondsPer10k: s.cpuSecondsPer10k })) : undefined,
     notes,
     ...(baselineOf === undefined ? {} : { baselineOf }),
   };

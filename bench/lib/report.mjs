@@ -42,10 +42,24 @@ export const BEFORE_AFTER_TOLERANCE = 0.05;
 /** Ratios are of rounded numbers: a ratio this close to the bound counts as on it. */
 const EPSILON = 1e-9;
 
+/** The median of numbers (the mean of the middle two for an even count); undefined for none. */
+function median(values) {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
 /**
  * Each row run against a baseline build (a row with `baselineOf`, and the row it is the baseline of): req/s
  * after / before and CPU seconds per 10k requests after / before, and whether both are within the tolerance
  * (req/s ratio ≥ 0.95, CPU ratio ≤ 1.05); `within` is undefined when a number is missing.
+ *
+ * When both rows kept their rounds (`roundResults`, one per round, in order), the ratios are paired: each
+ * round's after / before, taken back to back, and the verdict reads the median of those. On a shared
+ * machine the load moves over minutes, so two rows measured seconds apart see the same machine far more
+ * often than the medians of two rows over a whole run do. `rpsRatioRange` and `cpuRatioRange` give the
+ * smallest and largest paired ratio. Otherwise the ratios are of the rows' own (median) figures.
  */
 export function beforeAfter(result, tolerance = BEFORE_AFTER_TOLERANCE) {
   const out = [];
@@ -53,8 +67,18 @@ export function beforeAfter(result, tolerance = BEFORE_AFTER_TOLERANCE) {
     const after = byId(result, before.baselineOf);
     if (!after) continue;
     const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? a / b : undefined);
-    const rpsRatio = ratio(after.rps, before.rps);
-    const cpuRatio = ratio(after.cpuSecondsPer10k, before.cpuSecondsPer10k);
+    const paired = (key) => {
+      const a = after.roundResults;
+      const b = before.roundResults;
+      if (!Array.isArray(a) || !Array.isArray(b) || a.length !== b.length || a.length < 2) return undefined;
+      const ratios = a.map((x, i) => ratio(x[key], b[i][key]));
+      if (ratios.some((r) => r === undefined)) return undefined;
+      return { median: median(ratios), range: [Math.min(...ratios), Math.max(...ratios)] };
+    };
+    const rpsPaired = paired('rps');
+    const cpuPaired = paired('cpuSecondsPer10k');
+    const rpsRatio = rpsPaired?.median ?? ratio(after.rps, before.rps);
+    const cpuRatio = cpuPaired?.median ?? ratio(after.cpuSecondsPer10k, before.cpuSecondsPer10k);
     // (max - min) / median req/s over the rounds: the machine's noise, to read the verdict against.
     const spread = (r) => (r.rpsRange && r.rps > 0 ? (r.rpsRange[1] - r.rpsRange[0]) / r.rps : undefined);
     const rpsWithin = rpsRatio === undefined ? undefined : rpsRatio >= 1 - tolerance - EPSILON;
@@ -66,9 +90,12 @@ export function beforeAfter(result, tolerance = BEFORE_AFTER_TOLERANCE) {
       rpsAfter: after.rps,
       rpsBefore: before.rps,
       rpsRatio,
+      rpsRatioRange: rpsPaired?.range,
       cpuAfter: after.cpuSecondsPer10k,
       cpuBefore: before.cpuSecondsPer10k,
       cpuRatio,
+      cpuRatioRange: cpuPaired?.range,
+      paired: rpsPaired !== undefined && cpuPaired !== undefined,
       rpsWithin,
       cpuWithin,
       within: rpsWithin === undefined || cpuWithin === undefined ? undefined : rpsWithin && cpuWithin,
@@ -93,14 +120,15 @@ export function renderBeforeAfter(result, list = result.beforeAfter ?? beforeAft
   };
   const out = ['', `## Before / after${result.baseline ? ` (baseline ${result.baseline.commit})` : ''}`, ''];
   out.push(
-    `Each row next to the same row run by the baseline build (id ending in b), same config and load, interleaved in the same rounds. Within 5%: req/s after / before ≥ 0.95 and CPU s / 10k after / before ≤ 1.05. Round spread: (max - min) / median req/s of each row over its rounds; a spread near or above 5% means the machine's noise is as large as the bound, and the verdict says little.`,
+    `Each row next to the same row run by the baseline build (id ending in b), same config and load, interleaved in the same rounds (back to back, the first of the two alternating by round). Within 5%: req/s after / before ≥ 0.95 and CPU s / 10k after / before ≤ 1.05. The ratios are paired: the median over the rounds of each round's after / before (the two ran seconds apart, on the same machine load), with the smallest and largest round's ratio in brackets; the req/s and CPU columns are each row's median round. Round spread: (max - min) / median req/s of each row over its rounds, the machine's noise.`,
     '',
   );
   const spread = (x) => (x === undefined ? 'n/a' : `${(x * 100).toFixed(0)}%`);
+  const withRange = (r, range) => (range === undefined ? fmt(r, 3) : `${fmt(r, 3)} [${fmt(range[0], 2)}-${fmt(range[1], 2)}]`);
   out.push('| row | req/s after / before | ratio | CPU s / 10k after / before | ratio | round spread after / before | verdict |', '|---|---:|---:|---:|---:|---:|---|');
   for (const p of list) {
     out.push(
-      `| ${p.after} vs ${p.before}: ${p.name} | ${p.rpsAfter} / ${p.rpsBefore} | ${fmt(p.rpsRatio, 3)} | ${fmt(p.cpuAfter, 3)} / ${fmt(p.cpuBefore, 3)} | ${fmt(p.cpuRatio, 3)} | ${spread(p.spreadAfter)} / ${spread(p.spreadBefore)} | ${verdict(p)} |`,
+      `| ${p.after} vs ${p.before}: ${p.name} | ${p.rpsAfter} / ${p.rpsBefore} | ${withRange(p.rpsRatio, p.rpsRatioRange)} | ${fmt(p.cpuAfter, 3)} / ${fmt(p.cpuBefore, 3)} | ${withRange(p.cpuRatio, p.cpuRatioRange)} | ${spread(p.spreadAfter)} / ${spread(p.spreadBefore)} | ${verdict(p)} |`,
     );
   }
   return out;

@@ -156,6 +156,33 @@ describe('beforeAfter', () => {
     ]);
   });
 
+  it('pairs rounds when both rows kept them: the median of each round after / before, with its range', () => {
+    // Round 2 ran while the machine was busy for the baseline only; the medians of the rows would call the
+    // change 12% faster, the rounds side by side say it is the same.
+    const rounds = (list: Array<[number, number]>) => list.map(([rps, cpuSecondsPer10k]) => ({ rps, cpuSecondsPer10k }));
+    const list = beforeAfter({
+      rows: [
+        { ...row('7h', 10_000, 1), roundResults: rounds([[10_000, 1], [11_000, 0.9], [9_000, 1.1]]) },
+        { ...row('7hb', 9_000, 1.1, '7h'), roundResults: rounds([[10_100, 0.99], [5_000, 2], [9_000, 1.1]]) },
+      ],
+    }) as Array<BeforeAfter & { rpsRatioRange?: number[]; cpuRatioRange?: number[]; paired?: boolean }>;
+    expect(list[0]!.paired).toBe(true);
+    expect(list[0]!.rpsRatio).toBeCloseTo(1);
+    expect(list[0]!.cpuRatio).toBeCloseTo(1);
+    expect(list[0]!.rpsRatioRange![0]).toBeCloseTo(10_000 / 10_100);
+    expect(list[0]!.rpsRatioRange![1]).toBeCloseTo(2.2);
+    expect(list[0]!.cpuRatioRange![0]).toBeCloseTo(0.45);
+    expect(list[0]!.within).toBe(true);
+    // Rounds of different counts cannot be paired: the rows' own figures decide.
+    const unpaired = beforeAfter({
+      rows: [
+        { ...row('5', 9_000, 1), roundResults: rounds([[9_000, 1], [9_000, 1]]) },
+        { ...row('5b', 10_000, 1, '5'), roundResults: rounds([[10_000, 1], [10_000, 1], [10_000, 1]]) },
+      ],
+    }) as Array<BeforeAfter & { paired?: boolean }>;
+    expect(unpaired[0]).toMatchObject({ paired: false, rpsRatio: 0.9, within: false });
+  });
+
   it('gives no verdict for a pair missing a number, and no pair for a baseline row whose row did not run', () => {
     const list = beforeAfter({ rows: [row('5', 10_000, undefined), row('5b', 10_000, 1, '5'), row('7hb', 10_000, 1, '7h')] });
     expect(list).toHaveLength(1);
