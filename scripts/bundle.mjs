@@ -6,12 +6,14 @@
  * package.json) resolve the same. gRPC stays external: loaded from node_modules, and only when its door is
  * configured.
  */
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
+// Chunk names change with their content: the last build's chunks go first, or they pile up.
+rmSync(`${root}dist/bundle`, { recursive: true, force: true });
 const result = await build({
   entryPoints: { 'authz-sidecar': `${root}dist/cli/main.js` },
   outdir: `${root}dist/bundle`,

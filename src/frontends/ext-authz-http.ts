@@ -10,6 +10,7 @@ import { createHttpCheckDoor, type HttpCheckDoorOptions } from './http-check-doo
 
 export function createExtAuthzHttpDoor(options: HttpCheckDoorOptions & { readonly pathPrefix: string }): FrontDoor {
   const prefix = options.pathPrefix;
+  const rendered = new WeakMap<readonly string[], { readonly set: object; readonly headers: Readonly<Record<string, string>> }>();
   return createHttpCheckDoor(
     {
       name: 'extAuthzHttp',
@@ -25,8 +26,13 @@ export function createExtAuthzHttpDoor(options: HttpCheckDoorOptions & { readonl
         return { method, target, host: headers['host']?.[0] ?? '' };
       },
       allowHeaders(changes) {
+        // The engine hands out the same `set` and `remove` for every request of an identity: their
+        // rendering is kept with them.
+        const known = rendered.get(changes.remove);
+        if (known?.set === changes.set) return known.headers;
         const headers: Record<string, string> = { ...changes.set };
         if (changes.remove.length > 0) headers['x-envoy-auth-headers-to-remove'] = changes.remove.join(',');
+        rendered.set(changes.remove, { set: changes.set, headers: Object.freeze(headers) });
         return headers;
       },
     },

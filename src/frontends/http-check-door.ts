@@ -11,7 +11,6 @@ import type { DecisionEngine } from '../core/decide.js';
 import { problemAnswer, type UpstreamChanges } from '../core/decision.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
 import { createHttpShell, sendAnswer } from './http-shell.js';
-import { requestIdOrNew } from './request-id.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, and refuse a declared body past this. */
 export const CHECK_BODY_LIMIT = 1024 * 1024;
@@ -26,7 +25,7 @@ export interface CheckDoor {
   /** The original request, or why it cannot be read (answered with 400). */
   translate(check: { readonly method: string; readonly url: string; readonly headers: HeaderMap }): OriginalRequest | { readonly error: string };
   /** Headers of the 200 answer on allow. */
-  allowHeaders(changes: UpstreamChanges): Record<string, string>;
+  allowHeaders(changes: UpstreamChanges): Readonly<Record<string, string>>;
 }
 
 export interface HttpCheckDoorOptions {
@@ -43,11 +42,11 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const raw = request.raw;
     const headers = headerMapFromRaw(raw.rawHeaders);
-    // The original request's id, as the proxy passed it.
-    const requestId = requestIdOrNew(headers['x-request-id']?.[0]);
+    // The original request's id, as the proxy passed it (the shell's request-id rule).
+    const requestId = request.id;
     const early = shell.preflight(request);
     if (early !== undefined) return sendAnswer(reply, early);
-    if (Number(raw.headers['content-length'] ?? 0) > CHECK_BODY_LIMIT) {
+    if (Number(headers['content-length']?.[0] ?? 0) > CHECK_BODY_LIMIT) {
       // The body stays unread: the connection cannot be reused.
       return sendAnswer(reply, problemAnswer('BODY_TOO_LARGE', 'the check request body is too large', requestId, { connection: 'close' }));
     }

@@ -7,7 +7,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { problemAnswer, type ClientAnswer } from '../core/decision.js';
 import { REASONS, type ReasonCode } from '../core/errors.js';
 import type { FrontDoor } from './front-door.js';
@@ -122,13 +122,12 @@ function tooManyHeaders(raw: IncomingMessage): boolean {
 export function createHttpShell(options: HttpShellOptions): HttpShell {
   let closing = false;
   const app = Fastify({
-    loggerInstance: options.logger,
-    logController: new LogController({ disableRequestLogging: true }),
+    // fastify gets no logger: with one, it makes a child logger and hangs two listeners on every response
+    // (for its request log, which we turn off anyway), on the hot path of every door. Every log line is our
+    // own and carries the request id itself; the error handler below logs what fastify would have.
+    logger: false,
     requestIdHeader: false,
     genReqId: requestIdOf,
-    // No pino child logger per request (fastify's default makes one for every request, on the hot path):
-    // our log lines carry the request id themselves.
-    childLoggerFactory: (logger) => logger,
     // Our own 503 SHUTTING_DOWN (preflight) instead of fastify's JSON.
     return503OnClosing: false,
     serverFactory: (handler) =>
@@ -160,7 +159,7 @@ export function createHttpShell(options: HttpShellOptions): HttpShell {
     if (status === 413) return sendProblem(reply, 'BODY_TOO_LARGE', 'the request body is too large');
     if (status >= 400 && status < 500) return sendProblem(reply, 'BAD_REQUEST', 'the request could not be processed');
     // Never a stack trace to clients; the log has the error (without headers: they may hold tokens).
-    request.log.error({ err: error, requestId: request.id }, 'unexpected error');
+    options.logger.error({ err: error, requestId: request.id }, 'unexpected error');
     return sendProblem(reply, 'INTERNAL', 'internal error');
   });
   app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'NOT_FOUND', 'no route for this request'));

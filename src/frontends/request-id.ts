@@ -14,8 +14,18 @@ export function requestIdOrNew(...candidates: Array<string | undefined>): string
   return randomUUID();
 }
 
-/** The request id of an HTTP request (fastify's genReqId). */
+/**
+ * The request id of an HTTP request (fastify's genReqId): its one `x-request-id` when sane. Read from
+ * `rawHeaders`, as every door reads headers; two of them (node would join them with ", ") get a new id.
+ */
 export function requestIdOf(req: IncomingMessage): string {
-  const given = req.headers['x-request-id'];
-  return requestIdOrNew(typeof given === 'string' ? given : undefined);
+  const raw = req.rawHeaders;
+  let given: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] ?? '';
+    if (name.length !== 12 || name.toLowerCase() !== 'x-request-id') continue;
+    if (given !== undefined) return requestIdOrNew();
+    given = raw[i + 1];
+  }
+  return requestIdOrNew(given);
 }
