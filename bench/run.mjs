@@ -129,7 +129,8 @@ function record(id, name, pid, samples, notes = '', baselineOf = undefined) {
     p50Ms: median.p50Ms,
     p99Ms: median.p99Ms,
     cpuSecondsPer10k: median.cpuSecondsPer10k,
-    peakRssMiB: Math.round(peakRssMiB(pid) * 10) / 10,
+    // A row started afresh every round: the highest peak of its processes.
+    peakRssMiB: Math.round((pid === undefined ? Math.max(...samples.map((s) => s.peakRssMiB)) : peakRssMiB(pid)) * 10) / 10,
     requests: median.requests,
     failed: 0,
     rounds: samples.length,
@@ -344,35 +345,34 @@ async function main() {
     compared.push({ id: '4', name: 'Apache mod_auth_openidc (RS256 JWT via JWKS, proxy)', pid: apache.pid, load: load(http(port), { headers: bearer }) });
   }
   // Row `id` of this build, then (with BENCH_BASELINE) the same row of the baseline's build: row `${id}b`.
+  // Compared with a baseline, both start afresh for every round (`start`): one Node process can be slower
+  // than another of the same build for its whole life (seen here: the same build's gRPC door at 1.27 and at
+  // 0.95 CPU s / 10k in one run), so a verdict over one process each would measure that process.
   const sidecarRow = async (id, name, setup) => {
-    const builds = [{ id, name, root: SIDECAR_ROOT }];
-    if (BASELINE !== undefined) builds.push({ id: `${id}b`, name: `${name} (baseline ${BASELINE_SHA})`, root: BASELINE, baselineOf: id });
-    for (const build of builds) {
-      const row = await setup(build.root);
+    if (BASELINE === undefined) {
+      const row = await setup(SIDECAR_ROOT);
       stops.push(row.stop);
-      compared.push({ id: build.id, name: build.name, pid: row.pid, load: row.load, baselineOf: build.baselineOf });
+      compared.push({ id, name, pid: row.pid, load: row.load });
+      return;
     }
+    compared.push({ id, name, start: () => setup(SIDECAR_ROOT) });
+    compared.push({ id: `${id}b`, name: `${name} (baseline ${BASELINE_SHA})`, start: () => setup(BASELINE), baselineOf: id });
   };
-  if (want('5') || want('5m')) {
+  const proxyRow = (nodeOptions) => async (root) => {
+    const sidecar = await startSidecar({ upstreamPort, nodeOptions, root });
+    await expectAuth(http(sidecar.port));
+    return { pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }), stop: () => stopTree(sidecar.pid, sidecar.stop) };
+  };
+  if (want('5')) await sidecarRow('5', `authz-sidecar proxy (${POLICY_LINES}-line policy)`, proxyRow(undefined));
+  if (want('5m')) {
     const sidecar = await startSidecar({ upstreamPort });
     stops.push(() => stopTree(sidecar.pid, sidecar.stop));
     await expectAuth(http(sidecar.port));
-    compared.push({ id: '5', name: `authz-sidecar proxy (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }) });
     compared.push({ id: '5m', name: `authz-sidecar proxy, ${MODERATE}`, pid: sidecar.pid, load: moderateLoad(http(sidecar.port), bearer) });
-    if (BASELINE !== undefined && want('5')) {
-      const base = await startSidecar({ upstreamPort, root: BASELINE });
-      stops.push(() => stopTree(base.pid, base.stop));
-      await expectAuth(http(base.port));
-      compared.push({ id: '5b', name: `authz-sidecar proxy (${POLICY_LINES}-line policy) (baseline ${BASELINE_SHA})`, pid: base.pid, load: load(http(base.port), { headers: bearer }), baselineOf: '5' });
-    }
   }
   if (want('5t')) {
     const nodeOptions = deployedNodeOptions();
-    await sidecarRow('5t', `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`, async (root) => {
-      const sidecar = await startSidecar({ upstreamPort, nodeOptions, root });
-      await expectAuth(http(sidecar.port));
-      return { pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }), stop: () => stopTree(sidecar.pid, sidecar.stop) };
-    });
+    await sidecarRow('5t', `authz-sidecar proxy with NODE_OPTIONS="${nodeOptions}" (as deploy/kubernetes runs it)`, proxyRow(nodeOptions));
   }
   // The check doors join the interleaved rounds when compared with a baseline; otherwise they run once, below.
   if (BASELINE !== undefined && want('7g')) await sidecarRow('7g', 'ext_authz gRPC door (checks)', grpcCheckDoor);
@@ -385,7 +385,12 @@ async function main() {
   for (let round = 1; round <= ROUNDS; round++) {
     for (const group of groups) {
       for (const c of round % 2 === 1 ? group : [...group].reverse()) {
-        const result = await sample(c.id, c.pid, c.load);
+        const instance = c.start === undefined ? c : await c.start();
+        const result = await sample(c.id, instance.pid, instance.load);
+        if (c.start !== undefined) {
+          result.peakRssMiB = peakRssMiB(instance.pid);
+          await instance.stop();
+        }
         samples.get(c.id).push(result);
         log(`round ${round}/${ROUNDS} ${c.id}: ${Math.round(result.rps)} req/s, p50 ${result.p50Ms} ms, ${result.cpuSecondsPer10k?.toFixed(3)} CPU s/10k`);
       }

@@ -120,7 +120,7 @@ export function renderBeforeAfter(result, list = result.beforeAfter ?? beforeAft
   };
   const out = ['', `## Before / after${result.baseline ? ` (baseline ${result.baseline.commit})` : ''}`, ''];
   out.push(
-    `Each row next to the same row run by the baseline build (id ending in b), same config and load, interleaved in the same rounds (back to back, the first of the two alternating by round). Within 5%: req/s after / before ≥ 0.95 and CPU s / 10k after / before ≤ 1.05. The ratios are paired: the median over the rounds of each round's after / before (the two ran seconds apart, on the same machine load), with the smallest and largest round's ratio in brackets; the req/s and CPU columns are each row's median round. Round spread: (max - min) / median req/s of each row over its rounds, the machine's noise.`,
+    `Each row next to the same row run by the baseline build (id ending in b), same config and load, interleaved in the same rounds (back to back, the first of the two alternating by round, each a new process every round). Within 5%: req/s after / before ≥ 0.95 and CPU s / 10k after / before ≤ 1.05. The ratios are paired: the median over the rounds of each round's after / before (the two ran seconds apart, on the same machine load), with the smallest and largest round's ratio in brackets; the req/s and CPU columns are each row's median round. Round spread: (max - min) / median req/s of each row over its rounds, the machine's noise.`,
     '',
   );
   const spread = (x) => (x === undefined ? 'n/a' : `${(x * 100).toFixed(0)}%`);
