@@ -1,0 +1,51 @@
+/**
+ * bin/entrypoint.sh, the image's ENTRYPOINT: the runtime defaults measured for the sidecar, which a
+ * manifest's env overrides but never drops, then `exec node bin/authz-sidecar.js` with the arguments.
+ * Run with a stand-in `node` first on PATH that prints what it was given.
+ */
+import { execFile } from 'node:child_process';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const ENTRYPOINT = fileURLToPath(new URL('../../bin/entrypoint.sh', import.meta.url));
+const run = promisify(execFile);
+let dir = '';
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'authz-entrypoint-'));
+  // exec keeps the pid: the stand-in reports its own pid and the shell's, which must be the same process.
+  await writeFile(path.join(dir, 'node'), '#!/bin/sh\nprintf "%s\\n%s\\n%s\\n%s\\n" "$NODE_OPTIONS" "$MALLOC_ARENA_MAX" "$*" "$$"\n');
+  await chmod(path.join(dir, 'node'), 0o755);
+});
+afterAll(async () => {
+  if (dir !== '') await rm(dir, { recursive: true, force: true });
+});
+
+async function start(env: Record<string, string>, ...args: string[]): Promise<{ nodeOptions: string; arenas: string; argv: string }> {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && k !== 'MALLOC_ARENA_MAX')) as Record<string, string>;
+  const { stdout } = await run('sh', [ENTRYPOINT, ...args], { env: { ...base, ...env, PATH: `${dir}:${process.env.PATH ?? ''}` } });
+  const [nodeOptions = '', arenas = '', argv = ''] = stdout.split('\n');
+  return { nodeOptions: nodeOptions.trim(), arenas, argv };
+}
+
+describe('bin/entrypoint.sh', () => {
+  it('sets the measured defaults and runs the CLI with the arguments', async () => {
+    const got = await start({}, 'serve', '--config', '/etc/authz-sidecar/authz-sidecar.yaml');
+    expect(got.nodeOptions).toMatch(/^--max-semi-space-size=\d+$/);
+    expect(got.arenas).toBe('2');
+    expect(got.argv).toBe(`${path.join(path.dirname(ENTRYPOINT), 'authz-sidecar.js')} serve --config /etc/authz-sidecar/authz-sidecar.yaml`);
+  });
+
+  it("lets a manifest's env win: MALLOC_ARENA_MAX replaced, NODE_OPTIONS placed after the defaults (the last V8 flag wins)", async () => {
+    const got = await start({ MALLOC_ARENA_MAX: '4', NODE_OPTIONS: '--max-semi-space-size=8 --enable-source-maps' }, '--version');
+    expect(got.arenas).toBe('4');
+    const flags = got.nodeOptions.split(/\s+/);
+    expect(flags.at(-2)).toBe('--max-semi-space-size=8');
+    expect(flags.at(-1)).toBe('--enable-source-maps');
+    expect(flags[0]).toMatch(/^--max-semi-space-size=\d+$/);
+  });
+});
