@@ -1,6 +1,6 @@
 /**
  * The catalogue of reason codes. Every decision and every error answer carries one of these stable codes;
- * the README lists them all (a unit test keeps the two in step). A code maps to exactly one HTTP status so
+ * docs/reason-codes.md lists them all (a unit test keeps the two in step). A code maps to exactly one HTTP status so
  * that every front door renders the same outcome the same way.
  */
 

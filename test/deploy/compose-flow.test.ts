@@ -1,7 +1,7 @@
 /**
  * The compose example without Docker: the dev IdP script of deploy/compose/idp (oidc-provider) and the
  * real sidecar with deploy/compose/authz-sidecar.yaml (addresses moved to free loopback ports), asked as
- * the compose README asks: client-credentials tokens for reader and admin, then 200 / 401 / 403.
+ * docs/deployment.md (Compose) asks: client-credentials tokens for reader and admin, then 200 / 401 / 403.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';

@@ -1,12 +1,39 @@
-/** The README is part of the contract: every reason code and every config key must be documented there. */
-import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+/**
+ * The docs are part of the contract: every reason code is documented in docs/reason-codes.md and every config key
+ * in docs/configuration.md (the README is the front page and links to them).
+ */
+import { existsSync } from 'node:fs';
+import { readFile, readdir } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { configSchema } from '../../src/config/schema.js';
 import { REASONS } from '../../src/core/errors.js';
 
-const README = await readFile(resolve(import.meta.dirname, '../../README.md'), 'utf8');
+const ROOT = resolve(import.meta.dirname, '../..');
+const DOCS = resolve(ROOT, 'docs');
+const REASON_CODES = await readFile(resolve(DOCS, 'reason-codes.md'), 'utf8');
+const CONFIGURATION = await readFile(resolve(DOCS, 'configuration.md'), 'utf8');
+const README_PATH = resolve(ROOT, 'README.md');
+const PAGES = (await readdir(DOCS)).filter((name) => name.endsWith('.md')).sort();
+
+/** Markdown without its fenced code blocks (a `#` or `](` inside one is not a heading or a link). */
+async function prose(file: string): Promise<string> {
+  return (await readFile(file, 'utf8')).replace(/^```[^]*?^```/gm, '');
+}
+
+/** The anchors GitHub makes of a page's headings: lower case, punctuation dropped, spaces as `-`, repeats numbered. */
+async function anchors(file: string): Promise<Set<string>> {
+  const seen = new Map<string, number>();
+  const out = new Set<string>();
+  for (const [, heading] of (await prose(file)).matchAll(/^#{1,6} (.+)$/gm)) {
+    const slug = (heading as string).trim().toLowerCase().replace(/[^\p{L}\p{N}\- _]/gu, '').replace(/ /g, '-');
+    const n = seen.get(slug) ?? 0;
+    seen.set(slug, n + 1);
+    out.add(n === 0 ? slug : `${slug}-${String(n)}`);
+  }
+  return out;
+}
 
 /** Every key path of the schema: `authn.jwt[].issuer`, `headers.claims`, ... */
 function keyPaths(schema: z.ZodType, prefix: string): string[] {
@@ -36,9 +63,9 @@ function keyPaths(schema: z.ZodType, prefix: string): string[] {
   return [];
 }
 
-describe('README', () => {
-  it.each(Object.entries(REASONS))('documents reason code %s with its status', (code, spec) => {
-    expect(README).toContain(`| \`${code}\` | ${spec.status} |`);
+describe('docs', () => {
+  it.each(Object.entries(REASONS))('docs/reason-codes.md documents reason code %s with its status', (code, spec) => {
+    expect(REASON_CODES).toContain(`| \`${code}\` | ${spec.status} |`);
   });
 
   const keys = keyPaths(configSchema, '');
@@ -46,7 +73,24 @@ describe('README', () => {
     expect(keys).toContain('authn.jwt[].audiences');
     expect(keys).toContain('headers.forwardToken');
   });
-  it.each(keys)('documents config key %s in the configuration reference', (key) => {
-    expect(README).toContain(`| \`${key}\` |`);
+  it.each(keys)('docs/configuration.md documents config key %s in the configuration reference', (key) => {
+    expect(CONFIGURATION).toContain(`| \`${key}\` |`);
+  });
+
+  it('the README links every docs page', async () => {
+    const readme = await readFile(README_PATH, 'utf8');
+    expect(PAGES.length).toBeGreaterThan(0);
+    for (const page of PAGES) expect(readme, page).toContain(`](docs/${page})`);
+  });
+
+  it.each(['README.md', ...PAGES.map((page) => `docs/${page}`)])('every relative link in %s reaches a file and heading', async (name) => {
+    const file = resolve(ROOT, name);
+    for (const [, target] of (await prose(file)).matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z]+:/i.test(target as string)) continue;
+      const [path = '', anchor] = (target as string).split('#');
+      const linked = path === '' ? file : resolve(dirname(file), path);
+      expect(existsSync(linked), `${name}: ${target as string}`).toBe(true);
+      if (anchor !== undefined && anchor !== '') expect(await anchors(linked), `${name}: ${target as string}`).toContain(anchor);
+    }
   });
 });

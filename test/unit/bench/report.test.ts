@@ -1,6 +1,6 @@
 /**
  * The benchmark's own arithmetic (bench/lib): reading wrk's report and turning rows into the ratios and
- * verdicts the README quotes. The benchmark itself is not run by `npm test` (it takes minutes and needs
+ * verdicts docs/performance.md quotes. The benchmark itself is not run by `npm test` (it takes minutes and needs
  * both cores to itself); these keep its reading and judging honest.
  */
 import { describe, expect, it } from 'vitest';
