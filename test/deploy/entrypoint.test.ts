@@ -4,7 +4,8 @@
  * Run with a stand-in `node` first on PATH that prints what it was given.
  */
 import { execFile } from 'node:child_process';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,10 +27,23 @@ afterAll(async () => {
 });
 
 async function start(env: Record<string, string>, ...args: string[]): Promise<{ nodeOptions: string; arenas: string; argv: string }> {
+  return startIn(undefined, env, ...args);
+}
+
+/** Runs the entrypoint, inside the memory cgroup `cgroup` (a v1 folder) when given, as a container's process is. */
+async function startIn(cgroup: string | undefined, env: Record<string, string>, ...args: string[]): Promise<{ nodeOptions: string; arenas: string; argv: string }> {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && k !== 'MALLOC_ARENA_MAX')) as Record<string, string>;
-  const { stdout } = await run('sh', [ENTRYPOINT, ...args], { env: { ...base, ...env, PATH: `${dir}:${process.env.PATH ?? ''}` } });
+  const command = cgroup === undefined ? ['sh', ENTRYPOINT, ...args] : ['sh', '-c', `echo $$ > ${cgroup}/cgroup.procs && exec sh "$@"`, 'pod', ENTRYPOINT, ...args];
+  const { stdout } = await run(command[0] as string, command.slice(1), { env: { ...base, ...env, PATH: `${dir}:${process.env.PATH ?? ''}` } });
   const [nodeOptions = '', arenas = '', argv = ''] = stdout.split('\n');
   return { nodeOptions: nodeOptions.trim(), arenas, argv };
+}
+
+/** This process's memory cgroup (v1), under which a test cgroup is made. */
+function memoryCgroup(): string {
+  const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => /^\d+:memory:/.test(l));
+  if (line === undefined) throw new Error('no cgroup v1 memory controller on this machine (bench/pods.mjs needs one too)');
+  return path.join('/sys/fs/cgroup/memory', line.split(':')[2] ?? '');
 }
 
 describe('bin/entrypoint.sh', () => {
@@ -47,5 +61,22 @@ describe('bin/entrypoint.sh', () => {
     expect(flags.at(-2)).toBe('--max-semi-space-size=8');
     expect(flags.at(-1)).toBe('--enable-source-maps');
     expect(flags[0]).toMatch(/^--max-semi-space-size=\d+$/);
+  });
+
+  it("caps V8's old space at half the container's memory limit, which Node alone sizes above it", async () => {
+    const cgroup = path.join(memoryCgroup(), `authz-entrypoint-${process.pid}`);
+    await mkdir(cgroup);
+    try {
+      await writeFile(path.join(cgroup, 'memory.limit_in_bytes'), String(176 * 2 ** 20));
+      const got = await startIn(cgroup, {}, 'serve');
+      expect(got.nodeOptions.split(/\s+/)).toContain('--max-old-space-size=88');
+      // A manifest's own cap comes after, and wins.
+      const own = await startIn(cgroup, { NODE_OPTIONS: '--max-old-space-size=100' }, 'serve');
+      expect(own.nodeOptions.split(/\s+/).at(-1)).toBe('--max-old-space-size=100');
+    } finally {
+      await rmdir(cgroup);
+    }
+    // Outside a limited cgroup (this test process's own has none below the machine's memory): no cap.
+    expect((await start({}, 'serve')).nodeOptions).not.toContain('--max-old-space-size');
   });
 });
