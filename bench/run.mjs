@@ -209,12 +209,12 @@ function deployedNodeOptions() {
 }
 
 /** A sidecar of SIDECAR_ROOT's build, or of `root`'s (the baseline): the config is the same but for its ports. */
-async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, nodeOptions, root = SIDECAR_ROOT }) {
+async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, upstreamUrl, nodeOptions, root = SIDECAR_ROOT }) {
   const port = await freePort();
   const admin = await freePort();
   const config = {
     listen: `127.0.0.1:${port}`,
-    ...(upstreamPort === undefined ? {} : { upstream: { url: `http://127.0.0.1:${upstreamPort}` } }),
+    ...(upstreamUrl !== undefined ? { upstream: { url: upstreamUrl } } : upstreamPort === undefined ? {} : { upstream: { url: `http://127.0.0.1:${upstreamPort}` } }),
     admin: { listen: `127.0.0.1:${admin}` },
     extAuthz: doors,
     authn: { jwt: [{ issuer: ISSUER, audiences: [AUDIENCE], jwksFile: join(work, 'jwks.json'), algorithms: ['RS256'] }] },
@@ -298,7 +298,9 @@ async function main() {
 
   // The shared upstream, on the load generator's core so the server under test has its core alone.
   const upstreamPort = await freePort();
-  const upstream = await startUpstream({ dir: join(work, 'upstream'), port: upstreamPort, cpu: LOAD_CPU });
+  // Also on a unix socket (row 5u): the same nginx server block, so rows 5 and 5u differ only in the socket.
+  const upstreamSocket = join(work, 'upstream.sock');
+  const upstream = await startUpstream({ dir: join(work, 'upstream'), port: upstreamPort, cpu: LOAD_CPU, socketPath: upstreamSocket });
   const load = (url, options = {}) => (seconds) => wrk({ url, cpu: LOAD_CPU, connections: CONNECTIONS, seconds, ...options });
   const moderate = thinkTimeScript(4);
   const moderateLoad = (url, headers = {}) => (seconds) => wrk({ url, cpu: LOAD_CPU, connections: 8, seconds, headers, script: moderate });
@@ -369,6 +371,14 @@ async function main() {
     return { pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }), stop: () => stopTree(sidecar.pid, sidecar.stop) };
   };
   if (want('5')) await sidecarRow('5', `authz-sidecar proxy (${POLICY_LINES}-line policy)`, proxyRow(undefined));
+  if (want('5u')) {
+    // The app on a unix socket instead of loopback TCP: what the usual advice for containers of one pod
+    // says is much faster (an emptyDir volume shared by the two containers).
+    const sidecar = await startSidecar({ upstreamUrl: `unix:${upstreamSocket}` });
+    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
+    await expectAuth(http(sidecar.port));
+    compared.push({ id: '5u', name: `authz-sidecar proxy, upstream on a unix socket (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }) });
+  }
   if (want('5m')) {
     const sidecar = await startSidecar({ upstreamPort });
     stops.push(() => stopTree(sidecar.pid, sidecar.stop));

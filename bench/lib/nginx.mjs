@@ -45,9 +45,10 @@ export function stopChild(child) {
   });
 }
 
-/** The upstream: 200 with a small body on every path. */
-export function startUpstream({ dir, port, cpu }) {
-  return start(dir, `  server { listen 127.0.0.1:${port}; location / { return 200 'ok'; } }`, cpu, port);
+/** The upstream: 200 with a small body on every path; also on a unix socket when `socketPath` is given. */
+export function startUpstream({ dir, port, cpu, socketPath }) {
+  const unix = socketPath === undefined ? '' : ` listen unix:${socketPath};`;
+  return start(dir, `  server { listen 127.0.0.1:${port};${unix} location / { return 200 'ok'; } }`, cpu, port);
 }
 
 /** nginx as a reverse proxy to `upstreamPort`, keeping upstream connections alive. */
