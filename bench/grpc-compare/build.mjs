@@ -1,0 +1,86 @@
+/**
+ * Builds the connect-node prototype into a temporary folder (nothing here is committed or shipped):
+ *
+ * 1. `buf build` (the buf compiler that the @bufbuild/buf npm package ships as a binary: offline, no
+ *    plugin or toolchain download) compiles the proto/ files the grpc-js door loads, Authorization and
+ *    Health with their imports, into a FileDescriptorSet.
+ * 2. esbuild bundles the real CLI (dist/cli/main.js, built by `npm run build`) with the options of
+ *    scripts/bundle.mjs, except that dist/frontends/ext-authz-grpc.js is replaced by connect-door.mjs and
+ *    the FileDescriptorSet is embedded as a module (`grpc-compare:descriptors`). connect and protobuf-es
+ *    are bundled into the door's chunk, as a switch would ship them; grpc-js stays external as in the real
+ *    bundle (and is never loaded: its door is not in this bundle).
+ * 3. The bundle sits in <tmp>/pkg/dist/bundle beside symlinks to package.json, proto/, policies/ and
+ *    node_modules, like the real one two folders below the package root, with a copy of bin/authz-sidecar.js:
+ *    `node <tmp>/pkg/bin/authz-sidecar.js serve --config FILE` runs it.
+ */
+import { execFile } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { build } from 'esbuild';
+
+const run = promisify(execFile);
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const DOOR = fileURLToPath(new URL('./connect-door.mjs', import.meta.url));
+/** The proto files the grpc-js door loads (src/frontends/ext-authz-grpc.ts). */
+const PROTO_FILES = ['envoy/service/auth/v3/external_auth.proto', 'grpc/health/v1/health.proto'];
+
+/** The FileDescriptorSet of PROTO_FILES and their imports, compiled by buf into `out`. */
+export async function compileDescriptors(out, cacheDir) {
+  const buf = join(ROOT, 'node_modules/.bin/buf');
+  if (!existsSync(buf)) throw new Error('node_modules/.bin/buf is missing: npm install (it is a devDependency, @bufbuild/buf)');
+  const args = ['build', 'proto', ...PROTO_FILES.flatMap((f) => ['--path', `proto/${f}`]), '--exclude-source-info', '-o', out];
+  await run(buf, args, { cwd: ROOT, env: { ...process.env, BUF_CACHE_DIR: cacheDir } });
+  return readFileSync(out);
+}
+
+/** Builds the prototype; returns its folder, its bin script and the bundle's size. */
+export async function buildPrototype() {
+  if (!existsSync(join(ROOT, 'dist/cli/main.js'))) throw new Error('dist/ is missing: npm run build first');
+  const dir = mkdtempSync(join(tmpdir(), 'grpc-compare-'));
+  const descriptors = await compileDescriptors(join(dir, 'descriptors.binpb'), join(dir, 'buf-cache'));
+  const pkg = join(dir, 'pkg');
+  mkdirSync(join(pkg, 'bin'), { recursive: true });
+  for (const name of ['package.json', 'proto', 'policies', 'node_modules']) symlinkSync(join(ROOT, name), join(pkg, name));
+  copyFileSync(join(ROOT, 'bin/authz-sidecar.js'), join(pkg, 'bin/authz-sidecar.js'));
+
+  const swapDoor = {
+    name: 'grpc-compare-swap',
+    setup(b) {
+      b.onResolve({ filter: /(^|\/)ext-authz-grpc\.js$/ }, (args) => (args.importer.endsWith(join('dist', 'sidecar.js')) ? { path: DOOR } : undefined));
+      b.onResolve({ filter: /^grpc-compare:descriptors$/ }, () => ({ path: 'descriptors', namespace: 'grpc-compare' }));
+      b.onLoad({ filter: /.*/, namespace: 'grpc-compare' }, () => ({ contents: `export default ${JSON.stringify(descriptors.toString('base64'))};`, loader: 'js' }));
+    },
+  };
+  const result = await build({
+    entryPoints: { 'authz-sidecar': join(ROOT, 'dist/cli/main.js') },
+    outdir: join(pkg, 'dist/bundle'),
+    outExtension: { '.js': '.mjs' },
+    splitting: true,
+    chunkNames: '[name]-[hash]',
+    metafile: true,
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'esm',
+    external: ['@grpc/grpc-js', '@grpc/proto-loader'],
+    banner: { js: "import { createRequire as __authzCreateRequire } from 'node:module'; const require = __authzCreateRequire(import.meta.url);" },
+    legalComments: 'none',
+    logLevel: 'warning',
+    plugins: [swapDoor],
+  });
+  const inputs = Object.keys(result.metafile.inputs);
+  if (!inputs.some((i) => i.endsWith('connect-door.mjs')) || inputs.some((i) => i.endsWith('ext-authz-grpc.js'))) {
+    throw new Error('grpc-compare: the gRPC door was not swapped in the bundle');
+  }
+  const doorChunk = Object.entries(result.metafile.outputs).find(([, o]) => Object.keys(o.inputs).some((i) => i.endsWith('connect-door.mjs')));
+  return {
+    dir,
+    bin: join(pkg, 'bin/authz-sidecar.js'),
+    descriptorBytes: descriptors.length,
+    doorChunkBytes: doorChunk?.[1].bytes,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
