@@ -1,9 +1,8 @@
 /**
  * Builds the connect-node prototype into a temporary folder (nothing here is committed or shipped):
  *
- * 1. `buf build` (the buf compiler that the @bufbuild/buf npm package ships as a binary: offline, no
- *    plugin or toolchain download) compiles the proto/ files the grpc-js door loads, Authorization and
- *    Health with their imports, into a FileDescriptorSet.
+ * 1. The proto/ files the grpc-js door loads, Authorization and Health with their imports, as a
+ *    FileDescriptorSet compiled by buf (descriptors.binpb, committed; see compileDescriptors).
  * 2. esbuild bundles the real CLI (dist/cli/main.js, built by `npm run build`) with the options of
  *    scripts/bundle.mjs, except that dist/frontends/ext-authz-grpc.js is replaced by connect-door.mjs and
  *    the FileDescriptorSet is embedded as a module (`grpc-compare:descriptors`). connect and protobuf-es
@@ -13,34 +12,31 @@
  *    node_modules, like the real one two folders below the package root, with a copy of bin/authz-sidecar.js:
  *    `node <tmp>/pkg/bin/authz-sidecar.js serve --config FILE` runs it.
  */
-import { execFile } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { build } from 'esbuild';
 
-const run = promisify(execFile);
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DOOR = fileURLToPath(new URL('./connect-door.mjs', import.meta.url));
-/** The proto files the grpc-js door loads (src/frontends/ext-authz-grpc.ts). */
-const PROTO_FILES = ['envoy/service/auth/v3/external_auth.proto', 'grpc/health/v1/health.proto'];
 
-/** The FileDescriptorSet of PROTO_FILES and their imports, compiled by buf into `out`. */
-export async function compileDescriptors(out, cacheDir) {
-  const buf = join(ROOT, 'node_modules/.bin/buf');
-  if (!existsSync(buf)) throw new Error('node_modules/.bin/buf is missing: npm install (it is a devDependency, @bufbuild/buf)');
-  const args = ['build', 'proto', ...PROTO_FILES.flatMap((f) => ['--path', `proto/${f}`]), '--exclude-source-info', '-o', out];
-  await run(buf, args, { cwd: ROOT, env: { ...process.env, BUF_CACHE_DIR: cacheDir } });
-  return readFileSync(out);
+/**
+ * The FileDescriptorSet of the proto files the grpc-js door loads, and their imports: descriptors.binpb, compiled once from proto/ by buf
+ * (the @bufbuild/buf npm package ships its binary; not a devDependency: it is 93 MiB that every `npm ci`,
+ * the image's build stage included, would download for this comparison only). After changing proto/:
+ *   npx -y @bufbuild/buf@1.75.0 build proto --path proto/envoy/service/auth/v3/external_auth.proto \
+ *     --path proto/grpc/health/v1/health.proto --exclude-source-info -o bench/grpc-compare/descriptors.binpb
+ */
+export function compileDescriptors() {
+  return readFileSync(fileURLToPath(new URL('./descriptors.binpb', import.meta.url)));
 }
 
 /** Builds the prototype; returns its folder, its bin script and the bundle's size. */
 export async function buildPrototype() {
   if (!existsSync(join(ROOT, 'dist/cli/main.js'))) throw new Error('dist/ is missing: npm run build first');
   const dir = mkdtempSync(join(tmpdir(), 'grpc-compare-'));
-  const descriptors = await compileDescriptors(join(dir, 'descriptors.binpb'), join(dir, 'buf-cache'));
+  const descriptors = compileDescriptors();
   const pkg = join(dir, 'pkg');
   mkdirSync(join(pkg, 'bin'), { recursive: true });
   for (const name of ['package.json', 'proto', 'policies', 'node_modules']) symlinkSync(join(ROOT, name), join(pkg, name));
