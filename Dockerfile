@@ -34,9 +34,12 @@ WORKDIR /app
 COPY --from=deps /app/node_modules/ ./node_modules/
 COPY --from=build /src/dist/ ./dist/
 COPY package.json package-lock.json ./
-COPY bin/ ./bin/
+# Executable whatever the checkout did to the mode bits (a Windows clone, core.fileMode=false, an archive).
+COPY --chmod=0555 bin/ ./bin/
 COPY proto/ ./proto/
 COPY policies/ ./policies/
+# The sidecar needs node and /bin/sh only: npm, npx and corepack leave the runtime image.
+RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack
 # Files stay root-owned and read-only for the process; numeric ids so Kubernetes can verify runAsNonRoot.
 USER 65532:65532
 # 8080 proxy, 8081 admin (/healthz, /readyz, /metrics), 9191 HTTP ext_authz, 9292 gRPC ext_authz,

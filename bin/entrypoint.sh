@@ -4,18 +4,21 @@
 # (for V8 flags the last one wins), so a manifest adding an unrelated flag keeps these.
 set -eu
 
-# The container's memory limit in bytes (cgroup v2, else v1), from the cgroup this process is in; empty
-# when there is none.
+# The container's memory limit in bytes, read where Node (libuv) reads it: this process's own cgroup (v2,
+# then v1) under /sys/fs/cgroup, else the mount's root, which is the container's cgroup when the runtime
+# mounts it there without a cgroup namespace. Empty when none is readable: every read may fail (a locked-down
+# runtime, another layout) and only costs the default, never the start.
 memory_limit() {
   v2=$(sed -n 's/^0:://p' /proc/self/cgroup 2>/dev/null || true)
-  if [ -n "$v2" ] && [ -r "/sys/fs/cgroup$v2/memory.max" ]; then
-    cat "/sys/fs/cgroup$v2/memory.max"
-    return
-  fi
   v1=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup 2>/dev/null || true)
-  if [ -n "$v1" ] && [ -r "/sys/fs/cgroup/memory$v1/memory.limit_in_bytes" ]; then
-    cat "/sys/fs/cgroup/memory$v1/memory.limit_in_bytes"
-  fi
+  for file in "/sys/fs/cgroup${v2:-/nonexistent}/memory.max" "/sys/fs/cgroup/memory${v1:-/nonexistent}/memory.limit_in_bytes" \
+    /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
+    if value=$(cat "$file" 2>/dev/null) && [ -n "$value" ]; then
+      echo "$value"
+      return 0
+    fi
+  done
+  return 0
 }
 
 # V8's young generation: 2 MiB semi-spaces, from a sweep of the proxy and gRPC doors under their manifests'
@@ -29,9 +32,13 @@ case "$limit" in
   '' | max | *[!0-9]*) ;;
   *)
     mib=$((limit / 1048576))
-    # A limit at or above the machine's memory is no limit (cgroup v1 writes a huge number for none).
-    total=$(($(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo) / 1024))
-    if [ "$mib" -ge 64 ] && [ "$mib" -lt "$total" ]; then defaults="$defaults --max-old-space-size=$((mib / 2))"; fi
+    # A limit at or above the machine's memory is no limit (cgroup v1 writes a huge number for none); when
+    # the machine's memory cannot be read (or LXCFS shows the limit as it), the limit is trusted.
+    total=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo 2>/dev/null || true)
+    case "$total" in '' | *[!0-9]*) total=0 ;; *) total=$((total / 1024)) ;; esac
+    if [ "$mib" -ge 64 ] && { [ "$total" -eq 0 ] || [ "$mib" -le "$total" ]; } && [ "$mib" -lt 1048576 ]; then
+      defaults="$defaults --max-old-space-size=$((mib / 2))"
+    fi
     ;;
 esac
 export NODE_OPTIONS="$defaults ${NODE_OPTIONS:-}"

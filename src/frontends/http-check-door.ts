@@ -37,7 +37,6 @@ export interface HttpCheckDoorOptions {
 export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptions): FrontDoor {
   const { engine } = options;
   const shell = createHttpShell({ logger: options.logger, oneRoute: true });
-  const app = shell.app;
 
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const raw = request.raw;
@@ -67,6 +66,6 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
     return sendAnswer(reply, decision.answer);
   }
 
-  app.route({ method: app.supportedMethods.filter((m) => m !== 'CONNECT'), url: '/', handler: handle });
+  shell.route(handle);
   return shell.door(door.name);
 }

@@ -50,6 +50,12 @@ export interface HttpShell {
   preflight(request: FastifyRequest): ClientAnswer | undefined;
   /** A FrontDoor over this shell: listen, readiness, drain within a deadline, close. */
   door(name: string, hooks?: { readonly onDeadline?: () => void }): FrontDoor;
+  /**
+   * Registers the door's one catch-all route (every method but CONNECT). An error thrown once the reply is
+   * hijacked (fastify neither logs it nor answers, having no logger) is logged here, and the client gets a
+   * 500 problem if nothing was written yet, else its connection is cut: never a request left hanging.
+   */
+  route(handler: (request: FastifyRequest, reply: FastifyReply) => Promise<FastifyReply | undefined>): void;
 }
 
 /**
@@ -171,6 +177,25 @@ export function createHttpShell(options: HttpShellOptions): HttpShell {
 
   return {
     app,
+    route(handler) {
+      app.route({
+        method: app.supportedMethods.filter((m) => m !== 'CONNECT'),
+        url: '/',
+        async handler(request, reply) {
+          try {
+            return await handler(request, reply);
+          } catch (err) {
+            // Before the hijack, fastify's error handler (above) answers and logs.
+            if (!reply.sent) throw err;
+            options.logger.error({ err, requestId: request.id }, 'unexpected error after the answer began');
+            const res = reply.raw;
+            if (!res.headersSent && !res.writableEnded) writeAnswer(res, problemAnswer('INTERNAL', 'internal error', request.id, { connection: 'close' }));
+            else res.destroy();
+            return reply;
+          }
+        },
+      });
+    },
     preflight(request) {
       if (closing) {
         // A request on a kept-alive connection during the drain: answered, and the connection closes.

@@ -152,7 +152,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     return undefined;
   }
 
-  app.route({ method: app.supportedMethods.filter((m) => m !== 'CONNECT'), url: '/', handler: handle });
+  shell.route(handle);
   app.addHook('onClose', async () => forwarder.close());
 
   return shell.door('proxy', {

@@ -5,6 +5,7 @@
  * result is started. The TypeScript build itself is exercised by `npm test`'s pretest (`npm run build`).
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { cp, mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -132,8 +133,11 @@ describe('Dockerfile', () => {
     const ports = ops(runtime, 'EXPOSE').flatMap((e) => e.args.split(/\s+/)).map((p) => p.replace(/\/tcp$/, ''));
     expect(ports.sort()).toEqual(['8080', '8081', '9191', '9193', '9292']);
     const entrypoint = jsonArray((ops(runtime, 'ENTRYPOINT').pop() as Instruction).args);
-    // The entrypoint script (its runtime defaults), which execs node on bin/authz-sidecar.js.
+    // The entrypoint script (its runtime defaults), which execs node on bin/authz-sidecar.js; copied
+    // executable whatever the checkout's mode bits, with LF line ends (a CRLF script breaks /bin/sh).
     expect(entrypoint).toEqual(['/app/bin/entrypoint.sh']);
+    expect(ops(runtime, 'COPY').some((c) => /--chmod=0?5[05]5\b/.test(c.args) && /\bbin\/?(\s|$)/.test(c.args))).toBe(true);
+    expect(readFileSync(path.join(ROOT, '.gitattributes'), 'utf8')).toMatch(/^\*\.sh\s+text\s+eol=lf$/m);
     const cmd = jsonArray((ops(runtime, 'CMD').pop() as Instruction).args);
     expect(cmd).toEqual(['serve', '--config', '/etc/authz-sidecar/authz-sidecar.yaml']);
     expect(ops(runtime, 'WORKDIR').pop()?.args).toBe('/app');

@@ -76,6 +76,19 @@ describe('bin/entrypoint.sh', () => {
     } finally {
       await rmdir(cgroup);
     }
+    // As a runtime without a cgroup namespace shows it: the container's cgroup mounted as the root of
+    // /sys/fs/cgroup/memory, while /proc/self/cgroup still names the host's path (which then does not exist).
+    const mounted = path.join(memoryCgroup(), `authz-entrypoint-mnt-${process.pid}`);
+    await mkdir(mounted);
+    try {
+      await writeFile(path.join(mounted, 'memory.limit_in_bytes'), String(176 * 2 ** 20));
+      const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && k !== 'MALLOC_ARENA_MAX')) as Record<string, string>;
+      const script = `echo $$ > ${mounted}/cgroup.procs && mount --bind ${mounted} /sys/fs/cgroup/memory && exec sh "$@"`;
+      const { stdout } = await run('unshare', ['--mount', 'sh', '-c', script, 'pod', ENTRYPOINT, 'serve'], { env: { ...base, PATH: `${dir}:${process.env.PATH ?? ''}` } });
+      expect((stdout.split('\n')[0] ?? '').split(/\s+/)).toContain('--max-old-space-size=88');
+    } finally {
+      await rmdir(mounted);
+    }
     // Outside a limited cgroup (this test process's own has none below the machine's memory): no cap.
     expect((await start({}, 'serve')).nodeOptions).not.toContain('--max-old-space-size');
   });

@@ -343,7 +343,7 @@ describe('deploy/istio', () => {
       expect(provider, 'the policy names a registered provider').toBeDefined();
       expect(obj(provider?.envoyExtAuthzGrpc, 'envoyExtAuthzGrpc')).toMatchObject({ service: host, port, failOpen: false });
       const labels = obj(obj(obj(obj(deployment().spec, 'spec').template, 'template').metadata, 'metadata').labels, 'labels');
-      expect(obj(policy.selector, 'selector').matchLabels).toEqual(labels);
+      expect(labels).toMatchObject(obj(obj(policy.selector, 'selector').matchLabels, 'matchLabels'));
     });
 
     it('its config, with the Secret mounted beside it, passes `authz-sidecar validate`', async () => {

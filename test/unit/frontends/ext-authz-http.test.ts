@@ -3,6 +3,7 @@
  * method and headers passed on), and how a Decision is answered (200 with the headers to set and
  * x-envoy-auth-headers-to-remove, or the deny itself). The engine is a fake that records the WireRequest.
  */
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createExtAuthzHttpDoor } from '../../../src/frontends/ext-authz-http.js';
 import type { FrontDoor } from '../../../src/frontends/front-door.js';
@@ -129,5 +130,22 @@ describe('ext_authz HTTP door: rendering the Decision', () => {
     expect(answer.status).toBe(status);
     problemOf(answer.status, header(answer, 'content-type'), answer.body);
     expect(engine.calls).toHaveLength(0);
+  });
+});
+
+describe('ext_authz HTTP door: an error once the answer began', () => {
+  it('is logged with the request id, and the check gets a 500 problem instead of hanging', async () => {
+    const lines: string[] = [];
+    const logger = pino({ level: 'error' }, { write: (line: string) => lines.push(line) });
+    // A header value node refuses to write (a line break): writeHead throws after the reply was hijacked.
+    const engine = fakeEngine((w) => allow(w, { set: { 'x-user': 'a\r\nx-injected: 1' } }));
+    const door = createExtAuthzHttpDoor({ engine, logger, observe: () => {}, pathPrefix: '/ext-authz' });
+    doors.push(door);
+    const address = await door.listen('127.0.0.1:0');
+    const answer = await rawExchange(address, ['GET /ext-authz/orders/1 HTTP/1.1', 'Host: shop.example', 'X-Request-Id: broken-1']);
+    expect(answer.status).toBe(500);
+    expect(problemOf(answer.status, header(answer, 'content-type'), answer.body)).toMatchObject({ status: 500, code: 'INTERNAL', requestId: 'broken-1' });
+    expect(answer.headers.map(([n]) => n)).not.toContain('x-injected');
+    expect(lines.map((l) => JSON.parse(l) as { msg: string; requestId: string })).toEqual([expect.objectContaining({ msg: 'unexpected error after the answer began', requestId: 'broken-1' })]);
   });
 });
