@@ -10,8 +10,9 @@
  * - In a memory cgroup (v1) whose limit is the manifest's limits.memory, so Node reads the limit as it does
  *   in a container (process.constrainedMemory(), heap sizes) and the kernel charges it as it would.
  *
- * Each door of the manifest gets its load (the proxy: wrk, 64 connections, a bearer token; gRPC ext_authz:
- * h2load, 4 connections x 32 streams; HTTP ext_authz: wrk, 64 connections), BENCH_POD_ROUNDS rounds (default 3)
+ * Each door of the manifest first gets 12,000 requests with distinct tokens (its JWT and decision caches
+ * full, as a busy pod's are), then its load (the proxy: wrk, 64 connections, a bearer token; gRPC ext_authz:
+ * h2load, 4 connections x 32 streams; HTTP ext_authz: wrk, 64 connections) with a SIGHUP reload halfway, BENCH_POD_ROUNDS rounds (default 3)
  * of BENCH_SECONDS (default 8) each after a 2 s warm-up, a new pod every round. Reported per manifest: resting
  * RSS after ready, peak RSS (VmHWM) and the cgroup's peak charge (memory.max_usage_in_bytes, what the OOM
  * killer counts), req/s and CPU s per 10k requests (median round), and the verdict: limit >= 1.25 x the
@@ -24,6 +25,7 @@
  */
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
+import http2 from 'node:http2';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -45,6 +47,8 @@ const WARMUP_SECONDS = 2;
 /** The bound of the issue: a limit at least this many times the measured peak. */
 export const HEADROOM = 1.25;
 const ISSUER = 'https://issuer.bench.local';
+/** Distinct tokens sent to every door before its load: more than its caches hold (10,000 entries each). */
+const FILL_TOKENS = 12_000;
 const AUDIENCE = 'bench-api';
 
 /** The shipped manifests with an authz-sidecar container, and the files that make up each. */
@@ -127,11 +131,11 @@ async function startPod({ node, env, limitBytes, config, work, tag }) {
   writeFileSync(file, JSON.stringify(config));
   // As the image runs it: its entrypoint (bin/entrypoint.sh: the runtime defaults, then `exec node`), with the
   // image's Node first on PATH; every step execs, so the pid is the one put into the cgroup.
-  const script = `echo $$ > ${join(cgroup, 'cgroup.procs')} && exec taskset -c ${SERVER_CPU} sh "$@"`;
+  const script = `echo $$ > "$1/cgroup.procs" && shift && exec taskset -c ${SERVER_CPU} sh "$@"`;
   const base = { ...process.env };
   delete base.NODE_OPTIONS;
   delete base.MALLOC_ARENA_MAX;
-  const child = spawn('sh', ['-c', script, 'pod', join(ROOT, 'bin/entrypoint.sh'), 'serve', '--config', file], {
+  const child = spawn('sh', ['-c', script, 'pod', cgroup, join(ROOT, 'bin/entrypoint.sh'), 'serve', '--config', file], {
     env: { ...base, ...env, PATH: `${dirname(node)}:${process.env.PATH}` },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -150,6 +154,12 @@ async function startPod({ node, env, limitBytes, config, work, tag }) {
     }
   } catch (err) {
     child.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    try {
+      rmdirSync(cgroup);
+    } catch {
+      // still charged; left for the kernel
+    }
     throw new Error(`${tag}: ${err.message}\n${stderr}`, { cause: err });
   }
   return {
@@ -205,6 +215,15 @@ async function podConfig(manifestConfig, bench) {
   return { config, doors };
 }
 
+/** The URL and headers (without a token) of an HTTP door's request for the bench's path. */
+function doorRequest(door, bench) {
+  const prefix = door.kind === 'http' ? door.pathPrefix : '';
+  if (door.kind === 'forwardAuth') {
+    return { url: `http://${door.address}/`, headers: { 'X-Forwarded-Method': 'GET', 'X-Forwarded-Uri': bench.path, 'X-Forwarded-Host': 'app.bench.local', 'X-Forwarded-Proto': 'http' } };
+  }
+  return { url: `http://${door.address}${prefix}${bench.path}`, headers: {} };
+}
+
 /** The load of a door, checked first to allow with the token and refuse without. */
 async function doorLoad(door, bench) {
   const bearer = { Authorization: `Bearer ${bench.token}` };
@@ -216,15 +235,55 @@ async function doorLoad(door, bench) {
     if (allowed !== 0 || denied !== 16) throw new Error(`gRPC door: expected 0 and 16, got ${allowed} and ${denied}`);
     return (seconds) => h2loadGrpc({ url: `${url}/envoy.service.auth.v3.Authorization/Check`, cpu: LOAD_CPU, body: frame, seconds });
   }
-  const prefix = door.kind === 'http' ? door.pathPrefix : '';
-  const url = door.kind === 'forwardAuth' ? `http://${door.address}/` : `http://${door.address}${prefix}${bench.path}`;
-  const headers = door.kind === 'forwardAuth' ? { ...bearer, 'X-Forwarded-Method': 'GET', 'X-Forwarded-Uri': bench.path, 'X-Forwarded-Host': 'app.bench.local', 'X-Forwarded-Proto': 'http' } : bearer;
+  const { url, headers: plain } = doorRequest(door, bench);
+  const headers = { ...plain, ...bearer };
   const ok = await fetch(url, { headers });
   const no = await fetch(url, { headers: Object.fromEntries(Object.entries(headers).filter(([k]) => k !== 'Authorization')) });
   await ok.arrayBuffer();
   await no.arrayBuffer();
   if (ok.status !== 200 || no.status !== 401) throw new Error(`${door.kind} door: expected 200 and 401, got ${ok.status} and ${no.status}`);
   return (seconds) => wrk({ url, cpu: LOAD_CPU, connections: 64, seconds, headers });
+}
+
+/**
+ * Sends one request per fill token to a door, 64 at a time, so its JWT and decision caches end up full (as
+ * a busy pod's are) before the load; every answer must be an allow.
+ */
+async function fillCaches(door, bench) {
+  let next = 0;
+  let failed = 0;
+  if (door.kind === 'grpc') {
+    const session = http2.connect(`http://${door.address}`);
+    const one = (token) =>
+      new Promise((resolve, reject) => {
+        const frame = checkRequestFrame({ method: 'GET', path: bench.path, host: 'app.bench.local', headers: { authorization: `Bearer ${token}` } });
+        const stream = session.request({ ':method': 'POST', ':path': '/envoy.service.auth.v3.Authorization/Check', 'content-type': 'application/grpc', te: 'trailers' });
+        const chunks = [];
+        stream.on('data', (c) => chunks.push(c));
+        stream.on('trailers', (t) => {
+          const reply = Buffer.concat(chunks).subarray(5);
+          // CheckResponse.status.code: absent (0) or 0 on allow.
+          if (t['grpc-status'] !== '0' || (reply[0] === 0x0a && reply[2] === 0x08 && reply[3] !== 0)) failed++;
+          resolve();
+        });
+        stream.on('error', reject);
+        stream.end(frame);
+      });
+    await Promise.all(Array.from({ length: 64 }, async () => {
+      while (next < bench.fillTokens.length) await one(bench.fillTokens[next++]);
+    }));
+    session.close();
+  } else {
+    const { url, headers } = doorRequest(door, bench);
+    await Promise.all(Array.from({ length: 64 }, async () => {
+      while (next < bench.fillTokens.length) {
+        const res = await fetch(url, { headers: { ...headers, Authorization: `Bearer ${bench.fillTokens[next++]}` } });
+        await res.arrayBuffer();
+        if (res.status !== 200) failed++;
+      }
+    }));
+  }
+  if (failed > 0) throw new Error(`${door.kind} door: ${failed} of the cache fill's requests were not allowed`);
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
@@ -254,9 +313,13 @@ async function measureManifest(manifest, bench, { node, nodeOptions, work }) {
       effective = effectiveEnv(pod.pid);
       for (const door of list) {
         const load = await doorLoad(door, bench);
+        await fillCaches(door, bench);
         await load(WARMUP_SECONDS);
         const before = cpuSeconds(pod.pid);
+        // Halfway through the load, a policy and key reload (SIGHUP): for a moment two authorizers live.
+        const reload = setTimeout(() => process.kill(pod.pid, 'SIGHUP'), (SECONDS * 1000) / 2);
         const result = await load(SECONDS);
+        clearTimeout(reload);
         const cpu = cpuSeconds(pod.pid) - before;
         if (result.non2xx + result.socketErrors > 0) throw new Error(`${manifest.id} ${door.kind}: ${result.non2xx + result.socketErrors} requests failed`);
         (doors[door.kind] ??= []).push({ rps: result.rps, p50Ms: result.p50Ms, p99Ms: result.p99Ms, cpuSecondsPer10k: (cpu / result.requests) * 10_000 });
@@ -302,7 +365,7 @@ async function measureManifest(manifest, bench, { node, nodeOptions, work }) {
 export function renderPods(result) {
   const out = ['# Pods: each manifest run as its pod runs it', ''];
   out.push(
-    `Run ${result.date}: Node ${result.node} (the image's major) in a cgroup v1 memory cgroup with the manifest's limit, started through the image's entrypoint (bin/entrypoint.sh) with the manifest's env; NODE_OPTIONS as the process had them; ${result.rounds} rounds of ${result.seconds} s per door, a new pod every round; the bench's keys and policy. Peak charge: the cgroup's memory.max_usage_in_bytes (what the OOM killer counts); peak: the higher of it and the peak RSS (VmHWM: Node's binary pages, already cached and charged elsewhere, are in the RSS and not in this charge), the highest over the rounds. Within: limit ≥ ${HEADROOM} × peak.`,
+    `Run ${result.date}: Node ${result.node} (the image's major) in a cgroup v1 memory cgroup with the manifest's limit, started through the image's entrypoint (bin/entrypoint.sh) with the manifest's env; NODE_OPTIONS as the process had them; per door, 12,000 requests with distinct tokens first (caches full), then ${result.rounds} rounds of ${result.seconds} s of load with a SIGHUP reload halfway, a new pod every round; the bench's keys and policy. Peak charge: the cgroup's memory.max_usage_in_bytes (what the OOM killer counts); peak: the higher of it and the peak RSS (VmHWM: Node's binary pages, already cached and charged elsewhere, are in the RSS and not in this charge), the highest over the rounds. Within: limit ≥ ${HEADROOM} × peak.`,
     '',
   );
   out.push('| manifest | NODE_OPTIONS | door: req/s, CPU s / 10k | resting RSS MiB | peak RSS MiB | peak charge MiB | request / limit | limit / peak | within |', '|---|---|---|---:|---:|---:|---|---:|---|');
@@ -326,11 +389,17 @@ async function main() {
   const now = Math.floor(Date.now() / 1000);
   const body = b64({ iss: ISSUER, aud: AUDIENCE, sub: 'bench-user', roles: ['team0'], iat: now, exp: now + 4 * 3600 });
   const token = `${header}.${body}.${sign('sha256', Buffer.from(`${header}.${body}`), privateKey).toString('base64url')}`;
+  // More distinct tokens than the JWT and decision caches hold (10,000 each): the fill leaves them full.
+  log(`signing ${FILL_TOKENS} tokens for the cache fill`);
+  const fillTokens = Array.from({ length: FILL_TOKENS }, (_, i) => {
+    const claims = b64({ iss: ISSUER, aud: AUDIENCE, sub: `fill-user-${i}`, roles: ['team0'], iat: now, exp: now + 4 * 3600 });
+    return `${header}.${claims}.${sign('sha256', Buffer.from(`${header}.${claims}`), privateKey).toString('base64url')}`;
+  });
   const policyFile = join(work, 'policy.csv');
   writeFileSync(policyFile, generatePolicy(1000));
   const upstreamPort = await freePort();
   const upstream = await startUpstream({ dir: join(work, 'upstream'), port: upstreamPort, cpu: LOAD_CPU });
-  const bench = { jwksFile, policyFile, token, path: allowedPath(1000), upstreamPort };
+  const bench = { jwksFile, policyFile, token, fillTokens, path: allowedPath(1000), upstreamPort };
   log(`Node ${nodeVersion} (${node}), ${ROUNDS} rounds of ${SECONDS} s`);
   try {
     const manifests = MANIFESTS.map((m) => readManifest(m)).filter((m) => !process.env.BENCH_PODS || process.env.BENCH_PODS.split(',').includes(m.id));

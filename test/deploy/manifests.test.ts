@@ -395,7 +395,7 @@ describe('deploy/kubernetes: the native sidecar deployment', () => {
   });
 
   it('sizes the sidecar from its measured pod (bench/pods.mjs, checked by pod-memory.test.ts), leaves V8 sizes to the image; every container has requests and limits', () => {
-    expect(sidecar().resources).toEqual({ requests: { cpu: '50m', memory: '128Mi' }, limits: { cpu: '1000m', memory: '176Mi' } });
+    expect(sidecar().resources).toEqual({ requests: { cpu: '50m', memory: '128Mi' }, limits: { cpu: '1000m', memory: '224Mi' } });
     // The image's entrypoint caps the old space at half the limit (test/deploy/entrypoint.test.ts); a
     // NODE_OPTIONS here would only add flags after it.
     const env = arr(sidecar().env ?? [], 'env').map((e) => obj(e, 'env entry'));
