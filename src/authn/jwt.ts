@@ -25,7 +25,7 @@ import {
   HMAC_ALGORITHMS,
   MIN_SECRET_BYTES,
 } from '../config/defaults.js';
-import { createDiscoveredKeySource } from './discovery.js';
+import type { createDiscoveredKeySource } from './discovery.js';
 import { createRemoteKeySource, KeysUnavailableError, type FetchResult, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
 import { looksLikeJwt, tokenCacheKey } from './token-shape.js';
 
@@ -78,6 +78,11 @@ export interface JwtAuthenticatorOptions {
   /** How many verified tokens are remembered; default DEFAULT_CACHE_ENTRIES (10,000). */
   readonly cacheEntries?: number;
   readonly events?: KeyEvents;
+  /**
+   * The key source of an issuer with `discovery: true` (discovery.ts, which loads openid-client). Passed in
+   * by whoever configures such an issuer, so a config without discovery never loads openid-client.
+   */
+  readonly discoveredKeySource?: typeof createDiscoveredKeySource;
 }
 
 interface IssuerState {
@@ -187,7 +192,9 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     let remote: KeySource | undefined;
     if ('jwksUri' in o.keys) remote = createRemoteKeySource(new URL(o.keys.jwksUri), sourceOptions);
     else if ('discovery' in o.keys) {
-      remote = createDiscoveredKeySource(o.issuer, { ...sourceOptions, onDiscovery: (result, error) => events.discovered?.(o.issuer, result, error) });
+      const discovered = options.discoveredKeySource;
+      if (discovered === undefined) throw new TypeError(`issuer ${o.issuer}: discovery needs options.discoveredKeySource`);
+      remote = discovered(o.issuer, { ...sourceOptions, onDiscovery: (result, error) => events.discovered?.(o.issuer, result, error) });
     }
     const key = remote?.getKey ?? ('secret' in o.keys ? o.keys.secret : 'jwks' in o.keys ? createLocalJWKSet(o.keys.jwks) : undefined);
     if (key === undefined) throw new TypeError(`issuer ${o.issuer}: no key source`);

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import type { ConfigIssue } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { Authenticator } from '../core/stages.js';
-import { createIntrospectionAuthenticator, type IntrospectionEndpointOptions } from './introspection.js';
+import type { IntrospectionEndpointOptions } from './introspection.js';
 import { MIN_SECRET_BYTES } from '../config/defaults.js';
 import { checkJwks, createJwtAuthenticator, type JwtAuthenticatorOptions, type JwtIssuerOptions, type KeyConfig } from './jwt.js';
 
@@ -112,8 +112,11 @@ const jwtEntry: RegistryEntry = {
   async prepare(config, issues) {
     const issuers = await readJwtIssuers(config, issues);
     if (issuers.length === 0) return undefined;
+    // OIDC discovery (openid-client) is loaded only when an issuer uses it.
+    const discovery = issuers.some((i) => 'discovery' in i.keys) ? await import('./discovery.js') : undefined;
     return (context) => {
       const jwt = createJwtAuthenticator(issuers, {
+        ...(discovery ? { discoveredKeySource: discovery.createDiscoveredKeySource } : {}),
         ...(context.now ? { now: context.now } : {}),
         ...(context.jwks ? { jwks: context.jwks } : {}),
         events: {
@@ -141,6 +144,8 @@ const introspectionEntry: RegistryEntry = {
   async prepare(config, issues) {
     const endpoints = await readIntrospectionEndpoints(config, issues);
     if (endpoints.length === 0) return undefined;
+    // Introspection (and openid-client with it) is loaded only when configured.
+    const { createIntrospectionAuthenticator } = await import('./introspection.js');
     return (context) => ({
       authenticator: createIntrospectionAuthenticator(endpoints, {
         // With JWT issuers configured, a JWT-shaped token is theirs; otherwise every token is introspected.

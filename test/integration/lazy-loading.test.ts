@@ -10,10 +10,11 @@
  * - gRPC ext_authz only: the gRPC door and @grpc/grpc-js (with protobufjs) load; the proxy door, the
  *   forwarder and undici, and the HTTP check doors do not.
  *
- * Not asserted, because the current code does load them in every config: openid-client (with oauth4webapi),
- * imported statically by authn/discovery.ts and authn/introspection.ts though only discovery and
- * introspection use it, and @opentelemetry/api, required by prom-client's default metrics (the sidecar has
- * no tracing). fastify loads in every config too, as the admin listener's HTTP shell. bench/module-rss.mjs
+ * - Neither (JWT issuers with a jwksFile, no discovery, no introspection) loads openid-client or
+ *   oauth4webapi: authn/registry.ts imports discovery and introspection only when configured.
+ *
+ * Not asserted, because the current code does load it in every config: @opentelemetry/api, required by
+ * prom-client's default metrics (the sidecar has no tracing). fastify loads in every config too, as the admin listener's HTTP shell. bench/module-rss.mjs
  * measures what each costs.
  */
 import { generateKeyPairSync } from 'node:crypto';
@@ -103,6 +104,8 @@ const DOOR_FILES = {
   forwardAuth: 'dist/frontends/forward-auth.js',
 };
 const GRPC_PACKAGES = ['@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs'];
+/** OIDC discovery and introspection only (a jwksFile issuer needs neither). */
+const OIDC_PACKAGES = ['openid-client', 'oauth4webapi'];
 
 describe('serve loads only what its config uses', () => {
   it('proxy only: no gRPC, no check door', async () => {
@@ -113,6 +116,7 @@ describe('serve loads only what its config uses', () => {
     for (const loaded of [atRest, total]) {
       expect(GRPC_PACKAGES.filter((p) => loaded.packages.has(p))).toEqual([]);
       expect([DOOR_FILES.grpc, DOOR_FILES.http, DOOR_FILES.forwardAuth].filter((f) => loaded.files.has(f))).toEqual([]);
+      expect(OIDC_PACKAGES.filter((p) => loaded.packages.has(p))).toEqual([]);
     }
   });
 
@@ -124,6 +128,7 @@ describe('serve loads only what its config uses', () => {
     expect([...total.packages]).toEqual(expect.arrayContaining(GRPC_PACKAGES));
     for (const loaded of [atRest, total]) {
       expect(loaded.packages.has('undici')).toBe(false);
+      expect(OIDC_PACKAGES.filter((p) => loaded.packages.has(p))).toEqual([]);
       expect([DOOR_FILES.proxy, DOOR_FILES.forwarder, DOOR_FILES.http, DOOR_FILES.forwardAuth].filter((f) => loaded.files.has(f))).toEqual([]);
     }
   });

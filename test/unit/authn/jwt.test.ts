@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { CompactSign, exportJWK, exportSPKI, generateKeyPair, SignJWT, type CryptoKey, type JWK, type JWTPayload } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createJwtAuthenticator, type JwtIssuerOptions } from '../../../src/authn/jwt.js';
+import { createDiscoveredKeySource } from '../../../src/authn/discovery.js';
 import type { ReasonCode } from '../../../src/core/errors.js';
 import type { Authenticator, AuthnResult } from '../../../src/core/stages.js';
 import { sendJson, startLoopback, until as waitUntil, type Loopback } from './loopback.js';
@@ -514,6 +515,7 @@ describe('createJwtAuthenticator: discovery', () => {
     const fetched: string[] = [];
     const a = authenticator([{ issuer: origin, audiences: [AUDIENCE], keys: { discovery: true } }], {
       ...clock,
+      discoveredKeySource: createDiscoveredKeySource,
       events: { discovered: (_issuer, result) => discovered.push(result), keysFetched: (_issuer, result) => fetched.push(result) },
     });
     return { a, discovered, fetched };
