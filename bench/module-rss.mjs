@@ -26,6 +26,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
+import { BUNDLE_OPTIONS } from '../scripts/bundle-options.mjs';
 import { CONFIGS, ROOT, ROUNDS, SETTLE_SECONDS, createFixtures, describeCheckout, log, machine, median, mib, nodeBinaries, restingRss, startServe } from './resting-rss.mjs';
 
 const exec = promisify(execFile);
@@ -110,14 +111,7 @@ async function bundle(work, name, packages, contents = entrySource(packages)) {
   await build({
     stdin: { contents, resolveDir: ROOT, sourcefile: `${name}-entry.mjs`, loader: 'js' },
     outfile,
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'esm',
-    external: ['@grpc/grpc-js', '@grpc/proto-loader'],
-    banner: { js: "import { createRequire as __authzCreateRequire } from 'node:module'; const require = __authzCreateRequire(import.meta.url);" },
-    legalComments: 'none',
-    logLevel: 'warning',
+    ...BUNDLE_OPTIONS,
   });
   return pathToFileURL(outfile).href;
 }

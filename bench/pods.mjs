@@ -23,7 +23,6 @@
  * per variant instead (NODE_OPTIONS in place of the manifest's, after leading NAME=value environment
  * variables), for choosing the settings; not written to results. BENCH_PODS=kubernetes,... picks manifests.
  */
-import { generateKeyPairSync, sign } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
 import http2 from 'node:http2';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
@@ -32,6 +31,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { checkOnce, checkRequestFrame } from './lib/grpc-body.mjs';
+import { AUDIENCE, benchIssuer, ISSUER } from './lib/keys.mjs';
 import { h2loadGrpc, wrk } from './lib/load.mjs';
 import { startUpstream, stopChild } from './lib/nginx.mjs';
 import { allowedPath, generatePolicy } from './lib/policy-gen.mjs';
@@ -46,10 +46,8 @@ const ROUNDS = Number(process.env.BENCH_POD_ROUNDS ?? 3);
 const WARMUP_SECONDS = 2;
 /** The bound of the issue: a limit at least this many times the measured peak. */
 export const HEADROOM = 1.25;
-const ISSUER = 'https://issuer.bench.local';
 /** Distinct tokens sent to every door before its load: more than its caches hold (10,000 entries each). */
 const FILL_TOKENS = 12_000;
-const AUDIENCE = 'bench-api';
 
 /** The shipped manifests with an authz-sidecar container, and the files that make up each. */
 export const MANIFESTS = [
@@ -381,20 +379,11 @@ async function main() {
   const major = imageNodeMajor();
   const node = nodeBinary(major);
   const nodeVersion = execFileSync(node, ['--version']).toString().trim();
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwksFile = join(work, 'jwks.json');
-  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'bench-1', alg: 'RS256', use: 'sig' }] }));
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const header = b64({ alg: 'RS256', typ: 'JWT', kid: 'bench-1' });
-  const now = Math.floor(Date.now() / 1000);
-  const body = b64({ iss: ISSUER, aud: AUDIENCE, sub: 'bench-user', roles: ['team0'], iat: now, exp: now + 4 * 3600 });
-  const token = `${header}.${body}.${sign('sha256', Buffer.from(`${header}.${body}`), privateKey).toString('base64url')}`;
+  const { jwksFile, token: sign } = benchIssuer(work);
+  const token = sign();
   // More distinct tokens than the JWT and decision caches hold (10,000 each): the fill leaves them full.
   log(`signing ${FILL_TOKENS} tokens for the cache fill`);
-  const fillTokens = Array.from({ length: FILL_TOKENS }, (_, i) => {
-    const claims = b64({ iss: ISSUER, aud: AUDIENCE, sub: `fill-user-${i}`, roles: ['team0'], iat: now, exp: now + 4 * 3600 });
-    return `${header}.${claims}.${sign('sha256', Buffer.from(`${header}.${claims}`), privateKey).toString('base64url')}`;
-  });
+  const fillTokens = Array.from({ length: FILL_TOKENS }, (_, i) => sign(`fill-user-${i}`));
   const policyFile = join(work, 'policy.csv');
   writeFileSync(policyFile, generatePolicy(1000));
   const upstreamPort = await freePort();

@@ -15,13 +15,14 @@
  * from another checkout than this one (default: this checkout), e.g. to try the mechanism on two builds.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { createHash, createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { startApache } from './lib/apache.mjs';
+import { AUDIENCE, benchIssuer, ISSUER } from './lib/keys.mjs';
 import { checkOnce, checkRequestFrame } from './lib/grpc-body.mjs';
 import { h2loadGrpc, wrk } from './lib/load.mjs';
 import { startNginxProxy, startUpstream, stopChild } from './lib/nginx.mjs';
@@ -63,8 +64,6 @@ const MODERATE = 'moderate load (8 connections, 4 ms think time)';
 const WARMUP_SECONDS = 2;
 const CONNECTIONS = 64;
 const ONLY = process.env.BENCH_ROWS?.split(',');
-const ISSUER = 'https://issuer.bench.local';
-const AUDIENCE = 'bench-api';
 /** More distinct tokens than the JWT and decision caches hold (10,000 each): cycling through them misses. */
 const COLD_TOKENS = 25_000;
 
@@ -74,17 +73,7 @@ chmodSync(work, 0o755);
 const log = (...args) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...args);
 
 // Keys and tokens: one RS256 key, published as a JWKS (over https for Apache, as a file for the sidecar).
-const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const jwks = { keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'bench-1', alg: 'RS256', use: 'sig' }] };
-writeFileSync(join(work, 'jwks.json'), JSON.stringify(jwks));
-const signingKey = createPrivateKey(privateKey.export({ format: 'pem', type: 'pkcs8' }));
-const b64 = (value) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
-const header = b64({ alg: 'RS256', typ: 'JWT', kid: 'bench-1' });
-function token(sub) {
-  const now = Math.floor(Date.now() / 1000);
-  const body = b64({ iss: ISSUER, aud: AUDIENCE, sub, roles: ['team0'], iat: now, exp: now + 4 * 3600 });
-  return `${header}.${body}.${sign('sha256', Buffer.from(`${header}.${body}`), signingKey).toString('base64url')}`;
-}
+const { jwks, token } = benchIssuer(work);
 const TOKEN = token('bench-user');
 const POLICY_LINES = 1_000;
 const PATH = allowedPath(POLICY_LINES);

@@ -8,6 +8,7 @@
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import { build } from 'esbuild';
+import { BUNDLE_OPTIONS, SPLIT_OPTIONS } from './bundle-options.mjs';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -17,21 +18,10 @@ rmSync(`${root}dist/bundle`, { recursive: true, force: true });
 const result = await build({
   entryPoints: { 'authz-sidecar': `${root}dist/cli/main.js` },
   outdir: `${root}dist/bundle`,
-  outExtension: { '.js': '.mjs' },
   // Code split at the CLI's dynamic imports: `validate` and `policy` load the entry chunk and the engine,
   // never the serving side (fastify, the doors); the chunks sit beside the entry, at the same depth.
-  splitting: true,
-  chunkNames: '[name]-[hash]',
-  metafile: true,
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'esm',
-  external: ['@grpc/grpc-js', '@grpc/proto-loader'],
-  // CommonJS dependencies call require() for Node built-ins; an ES module has no require of its own.
-  banner: { js: "import { createRequire as __authzCreateRequire } from 'node:module'; const require = __authzCreateRequire(import.meta.url);" },
-  legalComments: 'none',
-  logLevel: 'warning',
+  ...SPLIT_OPTIONS,
+  ...BUNDLE_OPTIONS,
 });
 // The import graph of the chunks, read by a test (the offline commands load no door).
 writeFileSync(`${root}dist/bundle/meta.json`, JSON.stringify(result.metafile));

@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { BUNDLE_OPTIONS, SPLIT_OPTIONS } from '../../scripts/bundle-options.mjs';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DOOR = fileURLToPath(new URL('./connect-door.mjs', import.meta.url));
@@ -53,18 +54,8 @@ export async function buildPrototype() {
   const result = await build({
     entryPoints: { 'authz-sidecar': join(ROOT, 'dist/cli/main.js') },
     outdir: join(pkg, 'dist/bundle'),
-    outExtension: { '.js': '.mjs' },
-    splitting: true,
-    chunkNames: '[name]-[hash]',
-    metafile: true,
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'esm',
-    external: ['@grpc/grpc-js', '@grpc/proto-loader'],
-    banner: { js: "import { createRequire as __authzCreateRequire } from 'node:module'; const require = __authzCreateRequire(import.meta.url);" },
-    legalComments: 'none',
-    logLevel: 'warning',
+    ...SPLIT_OPTIONS,
+    ...BUNDLE_OPTIONS,
     plugins: [swapDoor],
   });
   const inputs = Object.keys(result.metafile.inputs);

@@ -3,8 +3,8 @@
  * config both servers run, starting a server and timing its first OK check, and the checks that both
  * answer what the grpc-js door answers.
  */
+import { AUDIENCE, benchIssuer, ISSUER } from '../lib/keys.mjs';
 import { spawn } from 'node:child_process';
-import { createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
 import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkRequestFrame } from '../lib/grpc-body.mjs';
@@ -15,8 +15,7 @@ import { freePort } from '../lib/util.mjs';
 import { ROOT } from './build.mjs';
 import { officialClient, rawCheck } from './client.mjs';
 
-export const ISSUER = 'https://issuer.bench.local';
-export const AUDIENCE = 'bench-api';
+export { AUDIENCE, ISSUER } from '../lib/keys.mjs';
 export const HOST = 'app.bench.local';
 /** How long a starting server may take to answer its first OK check. */
 const START_TIMEOUT_MS = 30_000;
@@ -27,15 +26,8 @@ const START_TIMEOUT_MS = 30_000;
  * token (bench/lib/grpc-body.mjs), the first being what h2load sends.
  */
 export function makeFixture(work, policyLines = 1_000) {
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwks = { keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'bench-1', alg: 'RS256', use: 'sig' }] };
-  writeFileSync(join(work, 'jwks.json'), JSON.stringify(jwks));
-  const signingKey = createPrivateKey(privateKey.export({ format: 'pem', type: 'pkcs8' }));
-  const b64 = (value) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
-  const header = b64({ alg: 'RS256', typ: 'JWT', kid: 'bench-1' });
-  const now = Math.floor(Date.now() / 1000);
-  const body = b64({ iss: ISSUER, aud: AUDIENCE, sub: 'bench-user', roles: ['team0'], iat: now, exp: now + 4 * 3600 });
-  const token = `${header}.${body}.${sign('sha256', Buffer.from(`${header}.${body}`), signingKey).toString('base64url')}`;
+  const { token: sign } = benchIssuer(work);
+  const token = sign();
   writeFileSync(join(work, 'policy.csv'), generatePolicy(policyLines));
   const path = allowedPath(policyLines);
   return {
