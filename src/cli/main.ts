@@ -8,6 +8,7 @@ import { SidecarError } from '../core/errors.js';
 import { policyCheck, policyTest, POLICY_USAGE } from './policy.js';
 import { validate } from './validate.js';
 import { UsageError } from './usage-error.js';
+import type { RunningSidecar } from '../sidecar.js';
 
 export const USAGE = `usage:
   authz-sidecar serve --config FILE     run the sidecar (or set AUTHZ_SIDECAR_CONFIG)
@@ -42,11 +43,23 @@ async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
   const file = values.config ?? process.env['AUTHZ_SIDECAR_CONFIG'];
   if (file === undefined || file === '') throw new UsageError('serve needs --config FILE (or AUTHZ_SIDECAR_CONFIG)');
-  const config = await loadConfig(file);
-  // The serving side (fastify, the doors) is loaded only by the commands that serve: `validate` and
-  // `policy` never load it.
-  const { startSidecar } = await import('../sidecar.js');
-  const running = await startSidecar(config, { file });
+  // Until it serves, a signal ends the process at once: nothing is in flight to drain. As a container's PID 1,
+  // Node ignores a signal it has no handler for, so a SIGTERM during a slow start (a key file on a stuck
+  // mount, a large policy) would otherwise wait for the SIGKILL at the end of the grace period.
+  const duringStart = (signal: NodeJS.Signals): void => process.exit(signal === 'SIGINT' ? 130 : 143);
+  process.on('SIGTERM', duringStart);
+  process.on('SIGINT', duringStart);
+  let running: RunningSidecar;
+  try {
+    const config = await loadConfig(file);
+    // The serving side (fastify, the doors) is loaded only by the commands that serve: `validate` and
+    // `policy` never load it.
+    const { startSidecar } = await import('../sidecar.js');
+    running = await startSidecar(config, { file });
+  } finally {
+    process.off('SIGTERM', duringStart);
+    process.off('SIGINT', duringStart);
+  }
   // SIGHUP reloads model and policy; a broken one is logged and counted, the last good one keeps serving.
   const onHangup = (): void => void running.reload();
   process.on('SIGHUP', onHangup);
