@@ -44,8 +44,9 @@ async function serve(args: string[]): Promise<number> {
   const file = values.config ?? process.env['AUTHZ_SIDECAR_CONFIG'];
   if (file === undefined || file === '') throw new UsageError('serve needs --config FILE (or AUTHZ_SIDECAR_CONFIG)');
   // Until it serves, a signal ends the process at once: nothing is in flight to drain. As a container's PID 1,
-  // Node ignores a signal it has no handler for, so a SIGTERM during a slow start (a key file on a stuck
-  // mount, a large policy) would otherwise wait for the SIGKILL at the end of the grace period.
+  // Node ignores a signal it has no handler for, so a SIGTERM during a slow start (a large policy, a slow
+  // volume) would otherwise wait for the SIGKILL at the end of the grace period. (A read stuck for good on a
+  // dead mount holds one of libuv's threads, which the exit waits for: only that SIGKILL ends it.)
   const duringStart = (signal: NodeJS.Signals): void => process.exit(signal === 'SIGINT' ? 130 : 143);
   process.on('SIGTERM', duringStart);
   process.on('SIGINT', duringStart);
