@@ -27,7 +27,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { BUNDLE_OPTIONS } from '../scripts/bundle-options.mjs';
-import { CONFIGS, ROOT, ROUNDS, SETTLE_SECONDS, createFixtures, describeCheckout, log, machine, median, mib, nodeBinaries, restingRss, startServe } from './resting-rss.mjs';
+import { CONFIGS, ROOT, ROUNDS, SETTLE_SECONDS, createFixtures, log, machine, median, mib, nodeBinaries, restingRss, startServe } from './resting-rss.mjs';
+import { describeCheckout } from './lib/util.mjs';
 
 const exec = promisify(execFile);
 const require = createRequire(join(ROOT, 'package.json'));

@@ -26,7 +26,7 @@ import { createServer } from 'node:http';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { freePort } from './lib/util.mjs';
+import { describeCheckout, freePort } from './lib/util.mjs';
 
 export const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 export const BASELINE = process.env.BENCH_BASELINE ? resolve(process.env.BENCH_BASELINE) : undefined;
@@ -54,16 +54,6 @@ export function nodeBinaries() {
   return (list.length > 0 ? list : [process.execPath]).map((bin) => ({ bin, version: execFileSync(bin, ['--version'], { encoding: 'utf8' }).trim() }));
 }
 
-/** A checkout's short commit, marked when its tracked files differ from it. */
-export function describeCheckout(root) {
-  try {
-    const sha = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
-    return `${sha}${dirty ? ' (with uncommitted changes)' : ''}`;
-  } catch {
-    return 'unknown';
-  }
-}
 
 /** The builds to measure: this checkout ("after") and BENCH_BASELINE ("before") when set. */
 export function builds() {

@@ -30,7 +30,7 @@ import { generatePolicy, allowedPath } from './lib/policy-gen.mjs';
 import { cpuSeconds, peakRssMiB, stopTree } from './lib/proc.mjs';
 import { beforeAfter, renderMarkdown, targets } from './lib/report.mjs';
 import { selfSignedCert, startJwksHttpsServer } from './lib/tls.mjs';
-import { freePort, waitForHttp } from './lib/util.mjs';
+import { describeCheckout, freePort, waitForHttp } from './lib/util.mjs';
 
 const exec = promisify(execFile);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -40,16 +40,6 @@ const SIDECAR_ROOT = resolve(process.env.BENCH_SIDECAR_ROOT || ROOT);
 const BASELINE = process.env.BENCH_BASELINE ? resolve(process.env.BENCH_BASELINE) : undefined;
 for (const root of [SIDECAR_ROOT, BASELINE]) {
   if (root !== undefined && !existsSync(join(root, 'bin/authz-sidecar.js'))) throw new Error(`${root}/bin/authz-sidecar.js is missing: build that checkout first (npm ci && npm run build)`);
-}
-/** A checkout's short commit, marked when its tracked files differ from it. */
-function describeCheckout(root) {
-  try {
-    const sha = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
-    return `${sha}${dirty ? ' (with uncommitted changes)' : ''}`;
-  } catch {
-    return 'unknown';
-  }
 }
 const BASELINE_SHA = BASELINE === undefined ? undefined : describeCheckout(BASELINE).split(' ')[0];
 /** Readiness deadline of a starting sidecar: a bench run never waits forever. */

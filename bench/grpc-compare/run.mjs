@@ -27,6 +27,7 @@ import { join } from 'node:path';
 import { isDeepStrictEqual, promisify } from 'node:util';
 import { h2loadGrpc } from '../lib/load.mjs';
 import { cpuSeconds, peakRssMiB } from '../lib/proc.mjs';
+import { describeCheckout } from '../lib/util.mjs';
 import { buildPrototype, ROOT } from './build.mjs';
 import { healthCheck } from './client.mjs';
 import { makeFixture, rssMiB, startServer, verifyAnswers, writeConfig } from './setup.mjs';
@@ -79,15 +80,6 @@ function pkgVersion(name) {
   }
 }
 
-function describeCheckout() {
-  try {
-    const sha = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
-    return `${sha}${dirty ? ' (with uncommitted changes)' : ''}`;
-  } catch {
-    return 'unknown';
-  }
-}
 
 /** One process of `impl`: started, checked, rested, warmed up, measured, stopped. */
 async function measureOnce(impl, fixture, round) {
@@ -256,7 +248,7 @@ async function main() {
       machine,
       versions: {
         node: process.version,
-        authzSidecar: describeCheckout(),
+        authzSidecar: describeCheckout(ROOT),
         h2load: /nghttp2\/([\d.]+)/.exec(h2loadVersion)?.[1] ?? 'unknown',
         packages: Object.fromEntries(
           ['@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs', '@connectrpc/connect', '@connectrpc/connect-node', '@bufbuild/protobuf', '@bufbuild/buf'].map((p) => [p, pkgVersion(p)]),

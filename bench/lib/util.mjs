@@ -1,4 +1,5 @@
-/** Small helpers shared by the benchmark: free ports and waiting for a server to answer. */
+/** Small helpers shared by the benchmarks: free ports, waiting for a server to answer, naming a checkout. */
+import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 
 export function freePort() {
@@ -25,5 +26,16 @@ export async function waitForHttp(url, child, timeoutMs = 15_000) {
       if (Date.now() > deadline) throw new Error(`${url}: no answer within ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 5));
     }
+  }
+}
+
+/** A checkout's short commit, marked when its tracked files differ from it; 'unknown' outside git. */
+export function describeCheckout(root) {
+  try {
+    const sha = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+    return `${sha}${dirty ? ' (with uncommitted changes)' : ''}`;
+  } catch {
+    return 'unknown';
   }
 }
