@@ -14,11 +14,14 @@ import { ConfigError, type ConfigIssue } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createDecisionEngine, type DecisionEngine } from './core/decide.js';
 import { createIdentityHeaders } from './core/identity-headers.js';
-import type { Authenticator, Authorizer, CredentialExtractor } from './core/stages.js';
+import type { Authenticator, Authorizer, BrowserSessions, CredentialExtractor, IdentityMapper } from './core/stages.js';
+import type { SignInEvents } from './signin/browser-sessions.js';
+import { prepareSignIn } from './signin/setup.js';
 
 /** What the engine reports while it serves: key fetches, cache use, IdP failures, policy findings. */
 export interface EngineEvents extends AuthnEventSink {
   readonly decisionCache?: ((hit: boolean) => void) | undefined;
+  readonly signIn?: SignInEvents | undefined;
 }
 
 export interface EngineBuildOptions {
@@ -56,13 +59,20 @@ export async function buildAuthorizer(config: Config, issues: ConfigIssue[], onD
  */
 export function engineFromParts(
   config: Config,
-  parts: { readonly authorizer: Authorizer; readonly authenticators: readonly Authenticator[]; readonly credentials?: CredentialExtractor },
+  parts: {
+    readonly authorizer: Authorizer;
+    readonly authenticators: readonly Authenticator[];
+    readonly credentials?: CredentialExtractor;
+    readonly sessions?: ((identity: IdentityMapper) => BrowserSessions) | undefined;
+  },
 ): DecisionEngine {
+  const identity = createIdentityMapper(config.identity);
   return createDecisionEngine({
     paths: config.paths,
     credentials: parts.credentials ?? createCredentialExtractor(config.authn.tokenFrom),
     authenticators: parts.authenticators,
-    identity: createIdentityMapper(config.identity),
+    identity,
+    sessions: parts.sessions?.(identity),
     authorizer: parts.authorizer,
     identityHeaders: createIdentityHeaders(config.headers),
     forwardToken: config.headers.forwardToken,
@@ -85,6 +95,7 @@ const MAX_LOGGED_FINDINGS = 20;
 export async function buildEngine(config: Config, options: EngineBuildOptions = {}): Promise<BuiltEngine> {
   const issues: ConfigIssue[] = [];
   const builders = await prepareAuthenticators(config, issues);
+  const signIn = await prepareSignIn(config, issues);
   const decisionCache = options.events?.decisionCache;
   const initial = await buildAuthorizer(config, issues, decisionCache);
   if (issues.length > 0 || initial === undefined) throw new ConfigError(options.file ?? '<config>', issues);
@@ -104,7 +115,11 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
   });
   const events = options.events ?? {};
   const built = builders.map((build) => build({ now: options.now, jwks: options.jwks, events }));
-  const engine = engineFromParts(config, { authorizer, authenticators: built.map((b) => b.authenticator) });
+  const engine = engineFromParts(config, {
+    authorizer,
+    authenticators: built.map((b) => b.authenticator),
+    sessions: signIn === undefined ? undefined : (identity) => signIn({ identity, events: events.signIn }),
+  });
   async function reloadKeyFiles(): Promise<void> {
     for (const b of built) await b.reloadFiles?.();
   }

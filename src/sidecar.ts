@@ -65,7 +65,7 @@ async function createDoors(config: Config, context: DoorContext): Promise<Array<
   }
   if (forwardAuth !== undefined) {
     const { createForwardAuthDoor } = await import('./frontends/forward-auth.js');
-    doors.push({ door: createForwardAuthDoor(context), address: forwardAuth.listen });
+    doors.push({ door: createForwardAuthDoor({ ...context, signInPrefix: config.signIn?.prefix }), address: forwardAuth.listen });
   }
   if (grpc !== undefined) {
     // gRPC and its proto loader cost about 20 MiB of memory: loaded only by sidecars that answer gRPC.
@@ -102,6 +102,12 @@ export async function startSidecar(config: Config, options: Omit<EngineBuildOpti
       cache: (cache, hit) => (hit ? metrics.cacheHits : metrics.cacheMisses).inc({ cache }),
       decisionCache: (hit) => (hit ? metrics.cacheHits : metrics.cacheMisses).inc({ cache: 'decision' }),
       idpFailed: (what, issuer, error) => logger.warn({ issuer, error: error?.message }, `${what} failed; retrying`),
+      signIn: {
+        signIn: (provider, result) => metrics.signIns.inc({ provider, result }),
+        refresh: (provider, result) => metrics.sessionRefreshes.inc({ provider, result }),
+        logout: (kind) => metrics.logouts.inc({ kind }),
+        providerFailed: (provider, what, error) => logger.warn({ provider, error: error.message }, `sign-in provider ${what} failed`),
+      },
     },
   });
   metrics.setPolicy(authorizer.current().sha256);

@@ -16,6 +16,9 @@ export interface Metrics {
   readonly cacheHits: Counter<'cache'>;
   readonly cacheMisses: Counter<'cache'>;
   readonly policyReloads: Counter<'result'>;
+  readonly signIns: Counter<'provider' | 'result'>;
+  readonly sessionRefreshes: Counter<'provider' | 'result'>;
+  readonly logouts: Counter<'kind'>;
   /** Sets authz_sidecar_policy_info{sha256} to 1 for the serving policy (and drops the old series). */
   setPolicy(sha256: string): void;
 }
@@ -28,7 +31,7 @@ export function createMetrics(): Metrics {
     registry,
     requests: new Counter({
       name: 'authz_sidecar_requests_total',
-      help: 'Decisions by front door and outcome (allow | deny | unauthenticated | bad_request | unavailable); dry_run="true" for denials let through by dry-run',
+      help: 'Decisions by front door and outcome (allow | deny | unauthenticated | bad_request | unavailable | sign_in); dry_run="true" for denials let through by dry-run',
       labelNames: ['frontend', 'decision', 'dry_run'],
       registers: [registry],
     }),
@@ -50,6 +53,14 @@ export function createMetrics(): Metrics {
     cacheHits: new Counter({ name: 'authz_sidecar_cache_hits_total', help: 'Cache hits (jwt | introspection | decision)', labelNames: ['cache'], registers: [registry] }),
     cacheMisses: new Counter({ name: 'authz_sidecar_cache_misses_total', help: 'Cache misses (jwt | introspection | decision)', labelNames: ['cache'], registers: [registry] }),
     policyReloads: new Counter({ name: 'authz_sidecar_policy_reloads_total', help: 'Policy and key file reloads by result (success | failure)', labelNames: ['result'], registers: [registry] }),
+    signIns: new Counter({ name: 'authz_sidecar_signin_total', help: 'Browser sign-ins by provider and result (success | failure)', labelNames: ['provider', 'result'], registers: [registry] }),
+    sessionRefreshes: new Counter({
+      name: 'authz_sidecar_session_refresh_total',
+      help: 'Session refreshes by provider and result (success | failure: provider unreachable | ended: refused, the session ends)',
+      labelNames: ['provider', 'result'],
+      registers: [registry],
+    }),
+    logouts: new Counter({ name: 'authz_sidecar_logout_total', help: 'Sessions ended by kind (user: sign-out | backchannel: the provider)', labelNames: ['kind'], registers: [registry] }),
     setPolicy(sha256: string): void {
       policyInfo.reset();
       policyInfo.set({ sha256 }, 1);
@@ -66,6 +77,8 @@ export function decisionLabel(outcome: string): string {
       return 'deny';
     case 'badRequest':
       return 'bad_request';
+    case 'signIn':
+      return 'sign_in';
     default:
       return outcome;
   }

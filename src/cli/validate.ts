@@ -13,6 +13,7 @@ import { lintPolicy, type Finding } from '../authz/policy-lint.js';
 import { loadConfig, type ConfigIssue } from '../config/load.js';
 import { prepareAuthenticators } from '../authn/registry.js';
 import { buildAuthorizer } from '../engine.js';
+import { prepareSignIn } from '../signin/setup.js';
 import { UsageError } from './usage-error.js';
 
 export async function validate(args: string[]): Promise<number> {
@@ -23,6 +24,7 @@ export async function validate(args: string[]): Promise<number> {
 
   const issues: ConfigIssue[] = [];
   await prepareAuthenticators(config, issues);
+  await prepareSignIn(config, issues, { check: true });
   let findings: Finding[] = [];
   try {
     const model = newModelFromString(await readFile(config.authz.model, 'utf8'));

@@ -118,3 +118,22 @@ export const DEFAULT_SEMICOLONS = DEFAULT_PATH_OPTIONS.semicolons;
 export const DEFAULT_LOG_LEVEL = 'info';
 /** `logging.decisions`: one JSON line per denied request. */
 export const DEFAULT_DECISION_LOG = 'denied';
+
+// ---- browser sign-in (DESIGN.md §7) --------------------------------------------------------------------
+
+/** `signIn.prefix`: the sidecar's own routes, never forwarded to the application. */
+export const DEFAULT_SIGNIN_PREFIX = '/.authz';
+/** `signIn.providers[].scopes`: `openid` is always sent. */
+export const DEFAULT_SIGNIN_SCOPES: readonly string[] = Object.freeze(['openid', 'profile', 'email']);
+/** `signIn.cookie.name`: a `__Host-` cookie is bound to the exact host, https and Path=/. */
+export const DEFAULT_SESSION_COOKIE = '__Host-authz';
+/** `signIn.cookie.sameSite`. */
+export const DEFAULT_COOKIE_SAME_SITE = 'lax';
+/** `signIn.session.maxAgeSeconds`: a sign-in lasts a working day at most. */
+export const DEFAULT_SESSION_MAX_AGE_SECONDS = 28_800;
+/** `signIn.session.refreshBeforeSeconds`. */
+export const DEFAULT_REFRESH_BEFORE_SECONDS = 60;
+/** `signIn.unauthenticated`: browser navigations are sent to sign in, everything else gets the 401. */
+export const DEFAULT_UNAUTHENTICATED = 'auto';
+/** `signIn.postLogoutRedirect`. */
+export const DEFAULT_POST_LOGOUT_REDIRECT = '/';

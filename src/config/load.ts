@@ -190,6 +190,19 @@ export async function validateConfig(
     entry.clientSecretFile = resolvePath(base, entry.clientSecretFile);
     files.push([`authn.introspection[${i}].clientSecretFile`, entry.clientSecretFile]);
   });
+  if (config.signIn !== undefined) {
+    const signIn = config.signIn;
+    signIn.providers.forEach((provider, i) => {
+      if (provider.clientSecretFile === undefined) return;
+      provider.clientSecretFile = resolvePath(base, provider.clientSecretFile);
+      files.push([`signIn.providers[${i}].clientSecretFile`, provider.clientSecretFile]);
+    });
+    signIn.cookie.secretFiles = signIn.cookie.secretFiles.map((f, i) => {
+      const path = resolvePath(base, f);
+      files.push([`signIn.cookie.secretFiles[${i}]`, path]);
+      return path;
+    });
+  }
   const seen = new Set<string>();
   config.authn.jwt.forEach((issuer, i) => {
     if (seen.has(issuer.issuer)) issues.push({ path: `authn.jwt[${i}].issuer`, message: 'this issuer is configured twice' });

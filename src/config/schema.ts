@@ -39,8 +39,17 @@ import {
   DEFAULT_TOKEN_SOURCES,
   DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
   DEFAULT_UPSTREAM_WEBSOCKETS,
+  DEFAULT_SIGNIN_PREFIX,
+  DEFAULT_SIGNIN_SCOPES,
+  DEFAULT_SESSION_COOKIE,
+  DEFAULT_COOKIE_SAME_SITE,
+  DEFAULT_SESSION_MAX_AGE_SECONDS,
+  DEFAULT_REFRESH_BEFORE_SECONDS,
+  DEFAULT_UNAUTHENTICATED,
+  DEFAULT_POST_LOGOUT_REDIRECT,
   HMAC_ALGORITHMS,
 } from './defaults.js';
+import { checkReturnUrl } from '../signin/return-url.js';
 import { parseListenAddress, parseUpstreamUrl } from './address.js';
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -141,6 +150,95 @@ const requestField = z
     'must be subject, path, method, host, peer, claim:<dotted.path> or header:<name>',
   );
 
+/** An allowed redirect host: `app.example.com[:port]` (that host) or `.example.com` (its subdomains). */
+const redirectHost = z
+  .string()
+  .regex(/^(\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?|\[[0-9a-f:.]+\](:\d{1,5})?)$/i, 'must be a host (app.example.com, app.example.com:8443) or .example.com for its subdomains')
+  .transform((s) => s.toLowerCase());
+
+const signInProvider = z.strictObject({
+  name: z.string().regex(/^[a-z0-9-]{1,32}$/, 'must be 1-32 characters of a-z, 0-9 and -'),
+  issuer: idpUrl,
+  clientId: z.string().min(1),
+  clientSecretFile: z.string().min(1).optional(),
+  scopes: z
+    .array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'must be an OAuth scope token'))
+    .default(() => [...DEFAULT_SIGNIN_SCOPES])
+    .transform((scopes) => ['openid', ...scopes.filter((s) => s !== 'openid')]),
+  userinfo: z.boolean().default(false),
+});
+
+const signIn = z
+  .strictObject({
+    callbackUrl: z.string().min(1),
+    prefix: z
+      .string()
+      .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@-]+(\/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*$/, 'must be a path like /.authz (no trailing slash, no encoded characters)')
+      .refine((p) => !p.split('/').some((seg) => seg === '.' || seg === '..'), 'must not contain . or .. segments')
+      .default(DEFAULT_SIGNIN_PREFIX),
+    providers: z.array(signInProvider).min(1, 'at least one provider is required'),
+    cookie: z
+      .strictObject({
+        name: z.string().regex(/^[!#$%&'*+^_`|~0-9A-Za-z-]{1,64}$/, 'must be a cookie name (no dots: chunks are named <name>.0, <name>.1, ...)').default(DEFAULT_SESSION_COOKIE),
+        secretFiles: z.array(z.string().min(1)).min(1, 'at least one secret file is required'),
+        secure: z.boolean().default(true),
+        sameSite: z.enum(['lax', 'strict'], { error: 'must be lax or strict ("none" would send the session with cross-site requests)' }).default(DEFAULT_COOKIE_SAME_SITE),
+        domain: z
+          .string()
+          .regex(/^$|^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/i, 'must be a domain such as example.com')
+          .default(''),
+      }),
+    session: z
+      .strictObject({
+        store: z.enum(['cookie', 'redis']).default('cookie'),
+        maxAgeSeconds: z.number().int().min(60).max(30 * 86_400).default(DEFAULT_SESSION_MAX_AGE_SECONDS),
+        refreshBeforeSeconds: z.number().int().min(0).max(3600).default(DEFAULT_REFRESH_BEFORE_SECONDS),
+      })
+      .prefault({}),
+    unauthenticated: z.enum(['auto', 'redirect', 'deny']).default(DEFAULT_UNAUTHENTICATED),
+    allowedRedirectHosts: z.array(redirectHost).default([]),
+    postLogoutRedirect: z.string().default(DEFAULT_POST_LOGOUT_REDIRECT),
+  })
+  .superRefine((s, ctx) => {
+    let callback: URL | undefined;
+    try {
+      callback = new URL(s.callbackUrl);
+    } catch {
+      ctx.addIssue({ code: 'custom', path: ['callbackUrl'], message: 'must be an absolute URL' });
+    }
+    if (callback !== undefined) {
+      const loopback = LOOPBACK_HOSTS.has(callback.hostname);
+      if (callback.protocol !== 'https:' && !(callback.protocol === 'http:' && loopback)) {
+        ctx.addIssue({ code: 'custom', path: ['callbackUrl'], message: 'must be an https URL (http only on loopback)' });
+      }
+      if (callback.pathname !== `${s.prefix}/callback` || callback.search !== '' || callback.hash !== '' || callback.username !== '' || callback.password !== '') {
+        ctx.addIssue({ code: 'custom', path: ['callbackUrl'], message: `must be the origin followed by ${s.prefix}/callback (prefix + /callback), without query or fragment` });
+      }
+      if (!s.cookie.secure && !(callback.protocol === 'http:' && loopback)) {
+        ctx.addIssue({ code: 'custom', path: ['cookie', 'secure'], message: 'may be false only when callbackUrl is http on a loopback host' });
+      }
+      if (s.cookie.secure && callback.protocol === 'http:') {
+        ctx.addIssue({ code: 'custom', path: ['cookie', 'secure'], message: 'must be false when callbackUrl is http (a browser never sends a Secure cookie over http)' });
+      }
+      const rd = checkReturnUrl(s.postLogoutRedirect, { callbackHost: callback.host, allowedHosts: s.allowedRedirectHosts, allowHttp: !s.cookie.secure });
+      if (!rd.ok) ctx.addIssue({ code: 'custom', path: ['postLogoutRedirect'], message: `must be a path or an absolute URL on an allowed host (${rd.reason})` });
+    }
+    if (s.cookie.name.startsWith('__Host-') && (!s.cookie.secure || s.cookie.domain !== '')) {
+      ctx.addIssue({ code: 'custom', path: ['cookie', 'name'], message: 'a __Host- cookie needs secure: true and no domain (use another name for http on loopback)' });
+    }
+    if (s.cookie.name.startsWith('__Secure-') && !s.cookie.secure) {
+      ctx.addIssue({ code: 'custom', path: ['cookie', 'name'], message: 'a __Secure- cookie needs secure: true' });
+    }
+    if (s.session.store === 'redis') {
+      ctx.addIssue({ code: 'custom', path: ['session', 'store'], message: 'the redis store is not in this release yet; use cookie' });
+    }
+    const names = new Set<string>();
+    s.providers.forEach((p, i) => {
+      if (names.has(p.name)) ctx.addIssue({ code: 'custom', path: ['providers', i, 'name'], message: `the provider name ${p.name} is used twice` });
+      names.add(p.name);
+    });
+  });
+
 export const configSchema = z.strictObject({
   listen: listenAddress.default(DEFAULT_LISTEN),
   upstream: z.strictObject({
@@ -213,6 +311,7 @@ export const configSchema = z.strictObject({
       semicolons: z.enum(['reject', 'keep']).default(DEFAULT_SEMICOLONS),
     })
     .prefault({}),
+  signIn: signIn.optional(),
   logging: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULT_LOG_LEVEL),
@@ -233,3 +332,5 @@ export const configSchemaChecked = configSchema.superRefine((config, ctx) => {
 export type JwtIssuerConfig = Config['authn']['jwt'][number];
 export type IntrospectionConfig = Config['authn']['introspection'][number];
 export type TokenSourceConfig = Config['authn']['tokenFrom'][number];
+export type SignInConfig = NonNullable<Config['signIn']>;
+export type SignInProviderConfig = SignInConfig['providers'][number];

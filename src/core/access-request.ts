@@ -31,7 +31,17 @@ export interface WireRequest {
    * overwrites it, so such a request is refused (400) rather than hoped for.
    */
   readonly removesHeaders: boolean;
+  /**
+   * False when the door's proxy cannot relay a redirect (nginx auth_request turns anything but 2xx, 401 and
+   * 403 into a 500): a browser that would be sent to sign in gets the 401, which nginx's error_page sends
+   * to the start route instead. Default true.
+   */
+  readonly redirects?: boolean;
+  /** Reads the request body as text, up to `limit` bytes (undefined when larger or unreadable); for the sign-in routes. */
+  readonly readBody?: BodyReader | undefined;
 }
+
+export type BodyReader = (limit: number) => Promise<string | undefined>;
 
 export interface AccessRequest {
   readonly frontDoor: FrontDoor;
@@ -45,6 +55,8 @@ export interface AccessRequest {
   readonly headers: HeaderMap;
   readonly peer: string;
   readonly requestId: string;
+  /** The body, for the one route that reads one (back-channel logout); never read for a decision. */
+  readonly readBody?: BodyReader | undefined;
 }
 
 /** Builds a HeaderMap with a null prototype, so a header named `__proto__` or `constructor` is just data. */

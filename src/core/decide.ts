@@ -5,11 +5,11 @@
  */
 import type { AccessRequest, HeaderMap, WireRequest } from './access-request.js';
 import { canonicalizeTarget, type PathOptions } from './canonical-path.js';
-import { NO_UPSTREAM_CHANGES, outcomeOf, problemAnswer, type ClientAnswer, type Decision, type UpstreamChanges } from './decision.js';
+import { NO_UPSTREAM_CHANGES, outcomeOf, problemAnswer, type AnswerHeaders, type ClientAnswer, type Decision, type UpstreamChanges } from './decision.js';
 import { AuthzSidecarError, REASONS, type ReasonCode, type ReasonSpec } from './errors.js';
-import type { Identity } from './identity.js';
+import type { Claims, Identity } from './identity.js';
 import type { IdentityHeaders } from './identity-headers.js';
-import type { Authenticator, Authorizer, CredentialExtractor, ForwardedHeaders, IdentityMapper } from './stages.js';
+import type { Authenticator, Authorizer, BrowserSessions, CredentialExtractor, ForwardedHeaders, IdentityMapper, SessionResult } from './stages.js';
 
 /** The answer of an allowed request: nothing for the client beyond the application's own answer. */
 const ALLOW_ANSWER: ClientAnswer = Object.freeze({ status: 200, headers: Object.freeze({}), body: '' });
@@ -33,6 +33,8 @@ export interface DecisionEngineOptions {
    * authentication failures, bad requests and outages are still enforced. Default `enforce`.
    */
   readonly mode?: 'enforce' | 'dryRun';
+  /** Browser sign-in (DESIGN.md §7): its routes, and sessions as the credential of requests without a token. */
+  readonly sessions?: BrowserSessions | undefined;
 }
 
 export interface Readiness {
@@ -56,7 +58,7 @@ function quoted(value: string): string {
 export function createDecisionEngine(options: DecisionEngineOptions): DecisionEngine {
   const realm = quoted(options.realm ?? DEFAULT_REALM);
   const strictPaths: PathOptions = { ...options.paths, strictSegments: true };
-  const { credentials, authenticators, identity: identityMapper, authorizer, identityHeaders } = options;
+  const { credentials, authenticators, identity: identityMapper, authorizer, identityHeaders, sessions } = options;
 
   function deny(
     reason: ReasonCode,
@@ -66,9 +68,10 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     identity?: Identity,
     policy?: readonly string[],
     policyRequest?: readonly string[],
+    headers?: AnswerHeaders,
   ): Decision {
     const spec: ReasonSpec = REASONS[reason];
-    const challenge: Record<string, string> = {};
+    const challenge: Record<string, string | readonly string[]> = { ...headers };
     if (spec.status === 401 || spec.bearerError !== undefined) {
       // RFC 6750 §3: a bare challenge when no credentials came, error and description when they were bad.
       challenge['www-authenticate'] =
@@ -138,7 +141,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
    * What the forwarded request must lose or gain besides the identity headers: client identity headers
    * seen, token headers and token cookies (unless forwardToken), token query parameters.
    */
-  function upstreamChanges(request: AccessRequest, headers: HeaderMap, spoofed: readonly string[], rendered: Rendered): UpstreamChanges {
+  function upstreamChanges(request: AccessRequest, headers: HeaderMap, spoofed: readonly string[], rendered: Rendered, session: SessionResult | undefined): UpstreamChanges {
     let set = rendered.set;
     const extra: string[] = [];
     // Spoofed names not already removed (an owned name the identity does not set is in `remove` anyway).
@@ -146,20 +149,28 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     if (!options.forwardToken) {
       // Token headers go whole; the Cookie header loses only the token cookies.
       for (const name of credentials.tokenHeaders) if (headers[name] !== undefined) extra.push(name);
-      const cookie = headers['cookie'];
-      if (cookie !== undefined) {
-        const joined = cookie.join('; ');
+    }
+    const cookie = headers['cookie'];
+    if (cookie !== undefined && (!options.forwardToken || sessions !== undefined)) {
+      const joined = cookie.join('; ');
+      let after: string | undefined = joined;
+      if (!options.forwardToken) {
         const scratch: ForwardedHeaders = { cookie: joined };
         credentials.scrubHeaders(scratch);
-        const after = scratch['cookie'];
-        if (after === undefined) extra.push('cookie');
-        else if (typeof after === 'string' && after !== joined) set = { ...set, cookie: after };
+        after = typeof scratch['cookie'] === 'string' ? scratch['cookie'] : undefined;
       }
+      // The sidecar's own cookies (session, chunks, pending sign-ins) never reach the application.
+      if (after !== undefined && sessions !== undefined) after = sessions.scrubCookie(after);
+      if (after === undefined) extra.push('cookie');
+      else if (after !== joined) set = { ...set, cookie: after };
+    }
+    if (session?.kind === 'session' && options.forwardToken && session.accessToken !== undefined) {
+      set = { ...set, authorization: `Bearer ${session.accessToken}` };
     }
     const query = options.forwardToken ? request.query : credentials.scrubQuery(request.query);
     return {
       set,
-      remove: removalList(rendered, extra),
+      remove: removalList(rendered, extra.filter((n) => !(n in set))),
       query,
       removeQuery: query === request.query ? [] : droppedNames(request.query, query),
     };
@@ -171,16 +182,38 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
   const mapped = new WeakMap<object, { readonly issuer: string; readonly result: Mapped }>();
   const rendered = new WeakMap<Identity, Rendered | undefined>();
 
+  function mapClaims(claims: Claims, issuer: string): Mapped {
+    const known = mapped.get(claims);
+    if (known !== undefined && known.issuer === issuer) return known.result;
+    const fresh = identityMapper.fromClaims(claims, issuer);
+    mapped.set(claims, { issuer, result: fresh });
+    return fresh;
+  }
+
+  /** A sign-in route's answer as a decision: rendered by every door like a deny. */
+  async function routeDecision(request: AccessRequest): Promise<Decision> {
+    const { reason, detail, answer } = await (sessions as BrowserSessions).route(request);
+    return {
+      outcome: outcomeOf(reason),
+      status: answer.status,
+      reason,
+      detail,
+      request,
+      identity: undefined,
+      policy: undefined,
+      policyRequest: undefined,
+      upstream: NO_UPSTREAM_CHANGES,
+      answer,
+      requestId: request.requestId,
+    };
+  }
+
   async function authenticate(token: string): Promise<Mapped> {
     for (const authenticator of authenticators) {
       const result = await authenticator.authenticate(token);
       if (result.kind === 'notMine') continue;
       if (result.kind === 'failed') return { ok: false, reason: result.reason, detail: result.detail };
-      const known = mapped.get(result.claims);
-      if (known !== undefined && known.issuer === result.issuer) return known.result;
-      const fresh = identityMapper.fromClaims(result.claims, result.issuer);
-      mapped.set(result.claims, { issuer: result.issuer, result: fresh });
-      return fresh;
+      return mapClaims(result.claims, result.issuer);
     }
     return { ok: false, reason: 'TOKEN_ISSUER', detail: 'the token is not a JWT of a trusted issuer' };
   }
@@ -205,17 +238,31 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
         headers: clean,
         peer: wire.peer,
         requestId,
+        ...(wire.readBody === undefined ? {} : { readBody: wire.readBody }),
       };
     } catch (err) {
       if (err instanceof AuthzSidecarError) return deny(err.code, err.detail, requestId, undefined);
       throw err;
     }
 
+    // The sidecar's own routes: answered whatever credentials the request carries.
+    if (sessions?.isRoute(request.path) === true) return routeDecision(request);
+
     const credential = credentials.extract(request.headers, request.query);
     if (credential.kind === 'error') return deny(credential.reason, credential.detail, requestId, request);
 
     let identity: Identity;
-    if (credential.kind === 'none') {
+    // A bearer token wins; without one, the browser session (if any) is the credential.
+    let session: SessionResult | undefined;
+    if (credential.kind === 'none' && sessions !== undefined) {
+      session = await sessions.resolve(request);
+      if (session.kind === 'failed') return deny(session.reason, session.detail, requestId, request, undefined, undefined, undefined, session.headers);
+    }
+    if (session?.kind === 'session') {
+      const authn = mapClaims(session.claims, session.issuer);
+      if (!authn.ok) return deny(authn.reason, authn.detail, requestId, request, undefined, undefined, undefined, session.headers);
+      identity = authn.identity;
+    } else if (credential.kind === 'none') {
       identity = identityMapper.anonymous();
     } else {
       const authn = await authenticate(credential.token);
@@ -237,9 +284,12 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     if (!allowed && options.mode === 'dryRun') {
       dryRunDenied = identity.anonymous ? 'CREDENTIALS_MISSING' : 'POLICY_DENIED';
     } else if (!allowed) {
-      return identity.anonymous
-        ? deny('CREDENTIALS_MISSING', 'this resource requires authentication', requestId, request, identity, policy, policyRequest)
-        : deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy, policyRequest);
+      if (identity.anonymous) {
+        const redirect = sessions?.signInRedirect(request, wire.redirects !== false);
+        if (redirect !== undefined) return signInRedirect(redirect, session?.headers, request, identity, policy, policyRequest);
+        return deny('CREDENTIALS_MISSING', 'this resource requires authentication', requestId, request, identity, policy, policyRequest, session?.headers);
+      }
+      return deny('POLICY_DENIED', 'the policy does not allow this request', requestId, request, identity, policy, policyRequest, session?.headers);
     }
 
     let headers = rendered.get(identity);
@@ -248,7 +298,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       rendered.set(identity, headers);
     }
     if (headers === undefined) {
-      return deny('IDENTITY_UNRENDERABLE', 'the identity cannot be rendered as headers', requestId, request, identity);
+      return deny('IDENTITY_UNRENDERABLE', 'the identity cannot be rendered as headers', requestId, request, identity, undefined, undefined, session?.headers);
     }
     return {
       outcome: 'allow',
@@ -259,21 +309,47 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
       identity,
       policy,
       policyRequest,
-      upstream: upstreamChanges(request, wire.headers, spoofed, headers),
-      answer: ALLOW_ANSWER,
+      upstream: upstreamChanges(request, wire.headers, spoofed, headers, session),
+      answer: session === undefined || Object.keys(session.headers).length === 0 ? ALLOW_ANSWER : { status: 200, headers: session.headers, body: '' },
       dryRunDenied,
       requestId,
+    };
+  }
+
+  /** The 302 to sign in, with the Set-Cookie that clears a session that failed. */
+  function signInRedirect(
+    redirect: ClientAnswer,
+    clear: AnswerHeaders | undefined,
+    request: AccessRequest,
+    identity: Identity,
+    policy: readonly string[] | undefined,
+    policyRequest: readonly string[] | undefined,
+  ): Decision {
+    const answer = clear === undefined || Object.keys(clear).length === 0 ? redirect : { ...redirect, headers: mergeHeaders(redirect.headers, clear) };
+    return {
+      outcome: 'signIn',
+      status: answer.status,
+      reason: 'SIGNIN_REDIRECT',
+      detail: 'a browser without a session is sent to sign in',
+      request,
+      identity,
+      policy,
+      policyRequest,
+      upstream: NO_UPSTREAM_CHANGES,
+      answer,
+      requestId: request.requestId,
     };
   }
 
   return {
     decide,
     readiness(): Readiness {
-      const missing = [...authenticators.flatMap((a) => a.missing()), ...authorizer.missing()];
+      const missing = [...authenticators.flatMap((a) => a.missing()), ...authorizer.missing(), ...(sessions?.missing() ?? [])];
       return { ready: missing.length === 0, missing };
     },
     close(): void {
       for (const a of authenticators) a.close();
+      sessions?.close();
     },
   };
 }
@@ -284,4 +360,14 @@ function droppedNames(before: string | undefined, after: string | undefined): st
     query === undefined || query === '' ? [] : query.split('&').map((pair) => (pair.includes('=') ? pair.slice(0, pair.indexOf('=')) : pair));
   const kept = new Set(names(after));
   return [...new Set(names(before))].filter((n) => !kept.has(n));
+}
+
+/** Two header sets in one; a header in both (Set-Cookie) keeps every value. */
+export function mergeHeaders(a: AnswerHeaders, b: AnswerHeaders): AnswerHeaders {
+  const out: Record<string, string | readonly string[]> = { ...a };
+  for (const [name, value] of Object.entries(b)) {
+    const existing = out[name];
+    out[name] = existing === undefined ? value : [...(typeof existing === 'string' ? [existing] : existing), ...(typeof value === 'string' ? [value] : value)];
+  }
+  return out;
 }

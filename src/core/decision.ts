@@ -8,7 +8,11 @@ import type { AccessRequest } from './access-request.js';
 import { PROBLEM_CONTENT_TYPE, problemBody, REASONS, type ReasonCode } from './errors.js';
 import type { Identity } from './identity.js';
 
-export type Outcome = 'allow' | 'unauthenticated' | 'forbidden' | 'unavailable' | 'badRequest';
+/** `signIn`: a sign-in route's answer or the redirect to sign in (DESIGN.md §7), rendered like a deny. */
+export type Outcome = 'allow' | 'unauthenticated' | 'forbidden' | 'unavailable' | 'badRequest' | 'signIn';
+
+/** Response header values: a list for a header sent several times (Set-Cookie). */
+export type AnswerHeaders = Readonly<Record<string, string | readonly string[]>>;
 
 /** What to change on the request the proxy forwards to the application (allow only; empty on a deny). */
 export interface UpstreamChanges {
@@ -26,10 +30,14 @@ export interface UpstreamChanges {
   readonly removeQuery: readonly string[];
 }
 
-/** The answer for the client: a deny's status, headers (WWW-Authenticate) and problem body; 200 on allow. */
+/**
+ * The answer for the client: a deny's status, headers (WWW-Authenticate) and problem body, or a sign-in
+ * route's answer. On allow: status 200 and the headers to add to the application's answer (a refreshed
+ * session's Set-Cookie), usually none.
+ */
 export interface ClientAnswer {
   readonly status: number;
-  readonly headers: Readonly<Record<string, string>>;
+  readonly headers: AnswerHeaders;
   /** The RFC 9457 problem+json body of a deny; '' on allow. */
   readonly body: string;
 }
@@ -55,6 +63,7 @@ export interface Decision {
 }
 
 export function outcomeOf(reason: ReasonCode): Outcome {
+  if (reason === 'SIGNIN_REDIRECT' || reason === 'SIGNIN_PAGE') return 'signIn';
   const status: number = REASONS[reason].status;
   switch (status) {
     case 200:
@@ -76,7 +85,7 @@ export const NO_UPSTREAM_CHANGES: UpstreamChanges = Object.freeze({ set: Object.
  * The problem+json answer of a reason code: the one place where a status and a body are put together, so
  * the two always agree. Every refusal of every door (decisions and the sidecar's own) is built here.
  */
-export function problemAnswer(code: ReasonCode, detail: string, requestId?: string, headers: Readonly<Record<string, string>> = {}): ClientAnswer {
+export function problemAnswer(code: ReasonCode, detail: string, requestId?: string, headers: AnswerHeaders = {}): ClientAnswer {
   return {
     status: REASONS[code].status,
     headers: { ...headers, 'content-type': PROBLEM_CONTENT_TYPE },

@@ -43,6 +43,13 @@ export const REASONS = {
   NOT_FOUND: { status: 404, title: 'Not Found' },
   INTERNAL: { status: 500, title: 'Internal Server Error' },
   SHUTTING_DOWN: { status: 503, title: 'Service Unavailable' },
+  SIGNIN_REDIRECT: { status: 302, title: 'Found' },
+  SIGNIN_PAGE: { status: 200, title: 'OK' },
+  SIGNIN_FAILED: { status: 400, title: 'Bad Request' },
+  SIGNIN_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
+  SESSION_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
+  CSRF_REJECTED: { status: 403, title: 'Forbidden' },
+  METHOD_NOT_ALLOWED: { status: 405, title: 'Method Not Allowed' },
 } as const satisfies Record<string, ReasonSpec>;
 
 export type ReasonCode = keyof typeof REASONS;

@@ -4,6 +4,7 @@
  * doors plug in without touching the core.
  */
 import type { AccessRequest, HeaderMap } from './access-request.js';
+import type { AnswerHeaders, ClientAnswer } from './decision.js';
 import type { ReasonCode } from './errors.js';
 import type { Claims, Identity } from './identity.js';
 
@@ -62,4 +63,42 @@ export interface Authorizer {
   /** Synchronous on purpose: request-scoped role links rely on no other request interleaving. */
   authorize(request: AccessRequest, identity: Identity): AuthzResult;
   missing(): readonly string[];
+}
+
+/** A session's verdict on a request without a bearer token (browser sign-in, DESIGN.md §7). */
+export type SessionResult =
+  /** No session (none brought, or one that cannot be used); `headers` clear a cookie that failed. */
+  | { readonly kind: 'none'; readonly headers: AnswerHeaders }
+  | {
+      readonly kind: 'session';
+      readonly issuer: string;
+      /** The session's claims (ID token, userinfo): one object per session value, so its identity is cached with it. */
+      readonly claims: Claims;
+      /** The access token, forwarded with `headers.forwardToken`. */
+      readonly accessToken: string | undefined;
+      /** A refreshed session's Set-Cookie, for the client's answer. */
+      readonly headers: AnswerHeaders;
+    }
+  /** A session that cannot be decided on now: the provider is down with its access token expired (503), CSRF (403). */
+  | { readonly kind: 'failed'; readonly reason: ReasonCode; readonly detail: string; readonly headers: AnswerHeaders };
+
+/** A sign-in route's answer with the reason code it is counted and logged under. */
+export interface RouteAnswer {
+  readonly reason: ReasonCode;
+  readonly detail: string;
+  readonly answer: ClientAnswer;
+}
+
+/** Browser sessions as a credential, and the sign-in routes: what the core needs of src/signin. */
+export interface BrowserSessions {
+  /** Whether a canonical path is one of the sidecar's own sign-in routes (under `signIn.prefix`). */
+  isRoute(path: string): boolean;
+  route(request: AccessRequest): Promise<RouteAnswer>;
+  resolve(request: AccessRequest): Promise<SessionResult>;
+  /** The redirect to sign in for a request the policy refuses without credentials, or undefined for the 401. */
+  signInRedirect(request: AccessRequest, redirects: boolean): ClientAnswer | undefined;
+  /** A Cookie header value without the sidecar's own cookies; undefined when nothing is left. */
+  scrubCookie(value: string): string | undefined;
+  missing(): readonly string[];
+  close(): void;
 }

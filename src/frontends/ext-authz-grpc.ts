@@ -16,7 +16,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import type { FastifyBaseLogger } from 'fastify';
 import { headerMap, type HeaderMap } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
-import { problemAnswer, type ClientAnswer, type Decision } from '../core/decision.js';
+import { problemAnswer, type AnswerHeaders, type ClientAnswer, type Decision } from '../core/decision.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
 import { requestIdOrNew } from './request-id.js';
@@ -28,11 +28,12 @@ const HEALTH_WATCH_INTERVAL_MS = 1_000;
 /** gRPC status codes (google.rpc.Code) for each HTTP status of an answer; UNKNOWN (2) for any other. */
 const GRPC_CODE: Readonly<Record<number, number>> = { 200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 408: 4, 413: 8, 431: 8, 500: 13, 502: 14, 503: 14, 504: 4 };
 const GRPC_UNKNOWN = 2;
+const GRPC_PERMISSION_DENIED = 7;
 
 interface HeaderValueOption {
   header: { key: string; value: string };
   append: { value: boolean };
-  append_action: 'OVERWRITE_IF_EXISTS_OR_ADD';
+  append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' | 'APPEND_IF_EXISTS_OR_ADD';
 }
 
 interface CheckRequest {
@@ -45,6 +46,8 @@ interface CheckRequest {
         path?: string;
         host?: string;
         headers?: Record<string, string>;
+        body?: string;
+        raw_body?: Buffer;
         header_map?: { headers?: Array<{ key?: string; value?: string; raw_value?: Buffer }> };
       };
     };
@@ -53,7 +56,7 @@ interface CheckRequest {
 
 interface CheckResponse {
   status: { code: number; message?: string };
-  ok_response?: { headers: HeaderValueOption[]; headers_to_remove: string[]; query_parameters_to_remove: string[] };
+  ok_response?: { headers: HeaderValueOption[]; headers_to_remove: string[]; query_parameters_to_remove: string[]; response_headers_to_add?: HeaderValueOption[] };
   denied_response?: { status: { code: number }; headers: HeaderValueOption[]; body: string };
 }
 
@@ -65,6 +68,16 @@ export interface ExtAuthzGrpcOptions {
 
 function overwrite(key: string, value: string): HeaderValueOption {
   return { header: { key, value }, append: { value: false }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' };
+}
+
+/** An answer's headers: one value overwrites; a header with several values (Set-Cookie) is added value by value. */
+function answerHeaders(headers: AnswerHeaders): HeaderValueOption[] {
+  const out: HeaderValueOption[] = [];
+  for (const [key, value] of Object.entries(headers)) {
+    if (typeof value === 'string') out.push(overwrite(key, value));
+    else for (const v of value) out.push({ header: { key, value: v }, append: { value: true }, append_action: 'APPEND_IF_EXISTS_OR_ADD' });
+  }
+  return out;
 }
 
 /** Envoy sends headers either as the `headers` map (duplicates joined by ",") or as `header_map`. */
@@ -80,11 +93,13 @@ function headersOf(http: NonNullable<NonNullable<NonNullable<CheckRequest['attri
 
 /** The denied CheckResponse of an answer: the one gRPC problem writer, so status and body always agree. */
 function denied(answer: ClientAnswer, reason: ReasonCode): CheckResponse {
+  // A sign-in route's 200 or 302 is still a denied response (the request never reaches the application).
+  const code = answer.status < 400 ? GRPC_PERMISSION_DENIED : (GRPC_CODE[answer.status] ?? GRPC_UNKNOWN);
   return {
-    status: { code: GRPC_CODE[answer.status] ?? GRPC_UNKNOWN, message: reason },
+    status: { code, message: reason },
     denied_response: {
       status: { code: answer.status },
-      headers: Object.entries(answer.headers).map(([k, v]) => overwrite(k, v)),
+      headers: answerHeaders(answer.headers),
       body: answer.body,
     },
   };
@@ -93,12 +108,15 @@ function denied(answer: ClientAnswer, reason: ReasonCode): CheckResponse {
 function render(decision: Decision): CheckResponse {
   if (decision.outcome !== 'allow') return denied(decision.answer, decision.reason);
   const { set, remove, removeQuery } = decision.upstream;
+  const toClient = decision.answer.headers;
   return {
     status: { code: 0 },
     ok_response: {
       headers: Object.entries(set).map(([k, v]) => overwrite(k, v)),
       headers_to_remove: [...remove],
       query_parameters_to_remove: [...removeQuery],
+      // A refreshed session's Set-Cookie, added to the application's answer.
+      ...(Object.keys(toClient).length === 0 ? {} : { response_headers_to_add: answerHeaders(toClient) }),
     },
   };
 }
@@ -136,6 +154,11 @@ export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor 
       requestId: requestIdOrNew(headers['x-request-id']?.[0], http.id),
       rewritesPath: false,
       removesHeaders: true,
+      // The original body, when Envoy sends it (with_request_body): read by the back-channel logout route only.
+      readBody: (limit) => {
+        const body = http.raw_body !== undefined && http.raw_body.length > 0 ? http.raw_body.toString('utf8') : (http.body ?? '');
+        return Promise.resolve(Buffer.byteLength(body) > limit ? undefined : body);
+      },
     });
     options.observe(decision, started);
     return render(decision);

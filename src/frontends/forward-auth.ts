@@ -8,7 +8,7 @@
  */
 import type { HeaderMap } from '../core/access-request.js';
 import type { FrontDoor } from './front-door.js';
-import { createHttpCheckDoor, type HttpCheckDoorOptions } from './http-check-door.js';
+import { createHttpCheckDoor, type HttpCheckDoorOptions, type OriginalRequest } from './http-check-door.js';
 
 const FORWARDED = ['x-forwarded-method', 'x-forwarded-uri'] as const;
 const ORIGINAL = ['x-original-method', 'x-original-uri'] as const;
@@ -19,11 +19,18 @@ const ORIGINAL = ['x-original-method', 'x-original-uri'] as const;
  * client may have added the other family to get a different request checked (through nginx, a client's
  * own X-Forwarded-Uri would otherwise be read instead of nginx's X-Original-URI). 400, never a guess.
  */
-function original(headers: HeaderMap): { method: string; target: string; host: string } | { error: string } {
+function original(check: { readonly method: string; readonly url: string; readonly headers: HeaderMap }, signInPrefix: string | undefined): OriginalRequest | { error: string } {
+  const { headers } = check;
   const present = (names: readonly string[]): boolean => names.some((n) => headers[n] !== undefined);
   const hasForwarded = present(FORWARDED);
   const hasOriginal = present(ORIGINAL);
   if (hasForwarded && hasOriginal) return { error: 'forward-auth got both X-Forwarded-* and X-Original-* headers' };
+  if (!hasForwarded && !hasOriginal && signInPrefix !== undefined && isUnder(check.url, signInPrefix)) {
+    // A sign-in route proxied here as it is (nginx `location /.authz/`): the request is the original.
+    const host = headers['host'];
+    if (host !== undefined && host.length !== 1) return { error: 'forward-auth got a repeated Host header' };
+    return { method: check.method, target: check.url, host: host?.[0] ?? '', direct: true };
+  }
   const [methodName, uriName] = hasForwarded ? FORWARDED : ORIGINAL;
   const single = (name: string): string | undefined | null => {
     const values = headers[name];
@@ -41,17 +48,25 @@ function original(headers: HeaderMap): { method: string; target: string; host: s
   if (method === undefined || target === undefined) {
     return { error: `forward-auth needs ${methodName} and ${uriName}` };
   }
-  return { method, target, host: host ?? '' };
+  // nginx's auth_request turns any answer but 2xx, 401 and 403 into a 500: no redirect to sign in there
+  // (deploy/nginx sends error_page 401 to the start route instead). Traefik and Caddy relay the 302.
+  return { method, target, host: host ?? '', redirects: hasForwarded };
 }
 
-export function createForwardAuthDoor(options: HttpCheckDoorOptions): FrontDoor {
+/** Whether a request target's path is the prefix or under it (the raw target; the engine decides on the canonical one). */
+function isUnder(url: string, prefix: string): boolean {
+  const path = url.split('?', 1)[0] ?? '';
+  return path === prefix || path.startsWith(`${prefix}/`);
+}
+
+export function createForwardAuthDoor(options: HttpCheckDoorOptions & { readonly signInPrefix?: string | undefined }): FrontDoor {
   return createHttpCheckDoor(
     {
       name: 'forwardAuth',
       // The answer cannot tell the proxy to remove headers: a client's identity or override header would
       // reach the app unless the proxy overwrites it, so the engine refuses such requests.
       removesHeaders: false,
-      translate: ({ headers }) => original(headers),
+      translate: (check) => original(check, options.signInPrefix),
       allowHeaders: (changes) => ({ ...changes.set }),
     },
     options,

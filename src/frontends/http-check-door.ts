@@ -10,13 +10,17 @@ import { headerMapFromRaw, type HeaderMap, type WireRequest } from '../core/acce
 import type { DecisionEngine } from '../core/decide.js';
 import { problemAnswer, type UpstreamChanges } from '../core/decision.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
-import { createHttpShell, sendAnswer } from './http-shell.js';
+import { bodyReader, createHttpShell, sendAnswer } from './http-shell.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, and refuse a declared body past this. */
 export const CHECK_BODY_LIMIT = 1024 * 1024;
 
-/** The original request as a door reads it from the check request. */
-export type OriginalRequest = Pick<WireRequest, 'method' | 'target' | 'host'>;
+/**
+ * The original request as a door reads it from the check request. `direct`: the request is itself the
+ * original one (nginx proxies the sign-in routes to the forward-auth listener), so its answer goes to the
+ * browser as it is; otherwise the proxy reads the answer as a check's.
+ */
+export type OriginalRequest = Pick<WireRequest, 'method' | 'target' | 'host' | 'redirects'> & { readonly direct?: boolean };
 
 export interface CheckDoor {
   readonly name: 'extAuthzHttp' | 'forwardAuth';
@@ -53,16 +57,34 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
     const original = door.translate({ method: raw.method ?? 'GET', url: (raw as { originalUrl?: string }).originalUrl ?? raw.url ?? '/', headers });
     if ('error' in original) return sendAnswer(reply, problemAnswer('BAD_REQUEST', original.error, requestId));
     const decision = await engine.decide({
-      ...original,
+      method: original.method,
+      target: original.target,
+      host: original.host,
+      ...(original.redirects === undefined ? {} : { redirects: original.redirects }),
       frontDoor: door.name,
       headers,
       peer: '',
       requestId,
       rewritesPath: false,
       removesHeaders: door.removesHeaders,
+      // Envoy sends the original body with the check when told to (with_request_body); nginx proxies the
+      // sign-in routes with theirs.
+      readBody: bodyReader(raw),
     });
     options.observe(decision, started);
-    if (decision.outcome === 'allow') return sendAnswer(reply, { status: 200, headers: door.allowHeaders(decision.upstream), body: '' });
+    if (decision.outcome === 'allow') {
+      const allow = door.allowHeaders(decision.upstream);
+      const toClient = decision.answer.headers;
+      // A refreshed session's Set-Cookie rides on the 200 (Envoy: allowed_client_headers_on_success; nginx:
+      // auth_request_set + add_header).
+      return sendAnswer(reply, { status: 200, headers: Object.keys(toClient).length === 0 ? allow : { ...allow, ...toClient }, body: '' });
+    }
+    if (decision.outcome === 'signIn' && decision.answer.status === 200 && original.direct !== true) {
+      // A check answered 200 is an allow: the proxy would pass the request on to the application. A sign-in
+      // page (userinfo, the provider chooser) answered as a check goes out as 203, which Envoy relays to
+      // the browser as the denied response and which browsers and fetch() read as a success.
+      return sendAnswer(reply, { ...decision.answer, status: 203 });
+    }
     return sendAnswer(reply, decision.answer);
   }
 

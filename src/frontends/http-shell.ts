@@ -8,6 +8,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { BodyReader } from '../core/access-request.js';
 import { problemAnswer, type ClientAnswer } from '../core/decision.js';
 import { REASONS, type ReasonCode } from '../core/errors.js';
 import type { FrontDoor } from './front-door.js';
@@ -82,6 +83,37 @@ export function sendAnswer(reply: FastifyReply, answer: ClientAnswer): FastifyRe
 /** A problem+json refusal of the sidecar's own on a fastify reply. */
 export function sendProblem(reply: FastifyReply, code: ReasonCode, detail: string, headers?: Readonly<Record<string, string>>): FastifyReply {
   return sendAnswer(reply, problemAnswer(code, detail, reply.request.id, headers));
+}
+
+/**
+ * A reader of a request's body as text, for the sign-in route that takes a form (back-channel logout):
+ * undefined when the body is larger than the limit or cannot be read. Decisions never read bodies.
+ */
+export function bodyReader(raw: IncomingMessage): BodyReader {
+  let read: Promise<string | undefined> | undefined;
+  return (limit) => {
+    read ??= new Promise((resolve) => {
+      if (Number(raw.headers['content-length'] ?? 0) > limit) {
+        resolve(undefined);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      raw.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > limit) {
+          resolve(undefined);
+          raw.destroy();
+        } else {
+          chunks.push(chunk);
+        }
+      });
+      raw.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      raw.once('error', () => resolve(undefined));
+      raw.once('close', () => resolve(undefined));
+    });
+    return read;
+  };
 }
 
 /** How long a socket we answered on may take to take the answer before it is cut. */

@@ -21,7 +21,7 @@ import type { ReasonCode } from '../core/errors.js';
 import type { ForwardCallbacks, Forwarder } from '../upstream/forwarder.js';
 import { connectionNamed, isHopByHopRequestHeader } from '../upstream/hop-by-hop.js';
 import type { DecisionObserver, FrontDoor } from './front-door.js';
-import { createHttpShell, finishSocket, sendAnswer, writeAnswer } from './http-shell.js';
+import { bodyReader, createHttpShell, finishSocket, sendAnswer, writeAnswer } from './http-shell.js';
 
 export interface ProxyOptions {
   readonly engine: DecisionEngine;
@@ -132,6 +132,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       requestId: request.id,
       rewritesPath: true,
       removesHeaders: true,
+      readBody: bodyReader(raw),
     });
     options.observe(decision, started);
     const target = decision.request;
@@ -144,7 +145,12 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     const headers = upstreamHeaders(raw, decision);
     if (upgrade === undefined) {
       const res = reply.raw;
-      forwarder.forward({ method: raw.method ?? 'GET', path, headers, raw }, res, callbacks(decision, (a) => writeAnswer(res, a)));
+      const added = decision.answer.headers;
+      forwarder.forward(
+        { method: raw.method ?? 'GET', path, headers, raw, ...(Object.keys(added).length === 0 ? {} : { addToResponse: added }) },
+        res,
+        callbacks(decision, (a) => writeAnswer(res, a)),
+      );
       return undefined;
     }
     // The handshake headers (Sec-WebSocket-*) go as the client sent them; undici sets Connection and Upgrade.

@@ -24,6 +24,8 @@ export interface ForwardRequest {
   readonly headers: Record<string, string | string[] | undefined>;
   /** The client's request, read as the body when the request has one. */
   readonly raw: IncomingMessage;
+  /** Headers added to the application's answer (a refreshed session's Set-Cookie); values are appended. */
+  readonly addToResponse?: Readonly<Record<string, string | readonly string[]>> | undefined;
 }
 
 export interface ForwardCallbacks {
@@ -78,6 +80,17 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
     out[name] = headers[name];
   }
   return out;
+}
+
+/** The application's answer headers with the sidecar's own appended (its Set-Cookie next to the app's). */
+function withAdded(headers: OutgoingHttpHeaders, added: Readonly<Record<string, string | readonly string[]>> | undefined): OutgoingHttpHeaders {
+  if (added === undefined) return headers;
+  for (const [name, value] of Object.entries(added)) {
+    const existing = headers[name];
+    const values = typeof value === 'string' ? [value] : [...value];
+    headers[name] = existing === undefined ? values : [...(Array.isArray(existing) ? existing : [String(existing)]), ...values];
+  }
+  return headers;
 }
 
 /** RFC 6455 §4.2.2: the GUID the server appends to the client's key for Sec-WebSocket-Accept. */
@@ -140,7 +153,7 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
           // final answer goes to the client.
           if (statusCode < 200) return;
           callbacks.onResponse?.(statusCode);
-          res.writeHead(statusCode, clientResponseHeaders(responseHeaders));
+          res.writeHead(statusCode, withAdded(clientResponseHeaders(responseHeaders), request.addToResponse));
           controller = c;
         },
         onResponseData(c, chunk) {

@@ -1,0 +1,507 @@
+/**
+ * Browser sign-in (DESIGN.md §7): the routes under `signIn.prefix` and the session as the credential of a
+ * request without a bearer token. Built on openid-client (authorization code flow with PKCE S256, state and
+ * nonce, ID token signature checks, refresh, end_session) and jose (sealed cookies, logout tokens). The
+ * core sees only the BrowserSessions interface; a session yields claims that go through the same identity
+ * mapping, policy and identity headers as a token's.
+ *
+ * Fail closed throughout: a cookie that cannot be opened, is expired or revoked is no session (and is
+ * cleared); a callback that fails any check starts no session (400); the provider down while a session's
+ * access token has expired is a 503, never an allow.
+ */
+import * as client from 'openid-client';
+import { LRUCache } from 'lru-cache';
+import { decodeJwt } from 'jose';
+import type { SignInConfig } from '../config/schema.js';
+import type { AccessRequest } from '../core/access-request.js';
+import { problemAnswer, type AnswerHeaders, type ClientAnswer } from '../core/decision.js';
+import type { ReasonCode } from '../core/errors.js';
+import { claimAt, copyClaims, type Claims, type ClaimValue } from '../core/identity.js';
+import type { BrowserSessions, IdentityMapper, RouteAnswer, SessionResult } from '../core/stages.js';
+import { createCookieCodec } from './cookie-codec.js';
+import { createCookieSessionStore, createStateCookies, isOwnCookie, parseCookies, randomId, type CookieSettings, type RequestCookies, type SessionData } from './cookie-store.js';
+import { createLogoutTokenVerifier } from './logout-token.js';
+import { csrfRefusal, redirectsToSignIn } from './navigation.js';
+import { createSignInProvider, type SignInProvider } from './providers.js';
+import { checkReturnUrl, type ReturnUrlPolicy } from './return-url.js';
+import { createRevocations } from './revocations.js';
+
+/** The largest back-channel logout request body read. */
+export const LOGOUT_BODY_LIMIT = 64 * 1024;
+/** A refresh's outcome is shared this long by requests that bring the same (old) session. */
+const REFRESH_SHARED_MS = 60_000;
+/** Protocol claims of the ID token not kept in the session (they describe the token, not the person). */
+const DROPPED_CLAIMS = new Set(['nonce', 'at_hash', 'c_hash', 's_hash', 'exp', 'iat', 'nbf', 'aud', 'azp', 'auth_time', 'jti']);
+
+export interface SignInEvents {
+  readonly signIn?: (provider: string, result: 'success' | 'failure') => void;
+  readonly refresh?: (provider: string, result: 'success' | 'failure' | 'ended') => void;
+  readonly logout?: (kind: 'user' | 'backchannel') => void;
+  readonly providerFailed?: (provider: string, what: string, error: Error) => void;
+}
+
+export interface BrowserSessionsOptions {
+  readonly config: SignInConfig;
+  /** `cookie.secretFiles` contents, in order, with the key path of each for errors. */
+  readonly secrets: ReadonlyArray<{ readonly bytes: Uint8Array; readonly what: string }>;
+  /** `providers[].clientSecretFile` contents by provider name (absent for public clients). */
+  readonly clientSecrets: ReadonlyMap<string, string>;
+  /** The identity mapping, for the userinfo route. */
+  readonly identity: IdentityMapper;
+  /** `headers.claims` (header name -> claim path): what userinfo shows as `claims`. */
+  readonly claimHeaders: Readonly<Record<string, string>>;
+  readonly events?: SignInEvents | undefined;
+  readonly now?: (() => number) | undefined;
+}
+
+type Refreshed = { readonly kind: 'ok'; readonly session: SessionData } | { readonly kind: 'ended'; readonly why: string } | { readonly kind: 'unreachable' };
+
+const NO_HEADERS: AnswerHeaders = Object.freeze({});
+const NONE: SessionResult = Object.freeze({ kind: 'none', headers: NO_HEADERS });
+
+function html(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** A provider error or message as a client may read it: printable ASCII, bounded. */
+function safeText(value: unknown): string {
+  // eslint-disable-next-line no-control-regex -- removing control characters is the point
+  return String(value).replace(/[^\x20-\x7e]/g, '').slice(0, 160);
+}
+
+/** Whether an openid-client failure is the provider being unreachable or broken, rather than a refusal. */
+function isUnreachable(err: unknown): boolean {
+  if (err instanceof client.ResponseBodyError) return err.status >= 500;
+  if (err instanceof client.ClientError) return false;
+  if (err instanceof client.AuthorizationResponseError) return false;
+  // fetch() failures (TypeError), timeouts (AbortError, TimeoutError) and non-JSON answers.
+  return true;
+}
+
+export function createBrowserSessions(options: BrowserSessionsOptions): BrowserSessions {
+  const { config } = options;
+  const now = options.now ?? (() => Math.floor(Date.now() / 1000));
+  const events = options.events ?? {};
+  const prefix = config.prefix;
+  const callbackUrl = new URL(config.callbackUrl);
+  const settings: CookieSettings = { name: config.cookie.name, secure: config.cookie.secure, sameSite: config.cookie.sameSite, domain: config.cookie.domain };
+  const codec = createCookieCodec(options.secrets);
+  const store = createCookieSessionStore(settings, codec, copyClaims);
+  const states = createStateCookies(settings, codec);
+  const revocations = createRevocations(config.session.maxAgeSeconds);
+  const logoutTokens = createLogoutTokenVerifier({ now: () => new Date(now() * 1000) });
+  const returnPolicy: ReturnUrlPolicy = { callbackHost: callbackUrl.host.toLowerCase(), allowedHosts: config.allowedRedirectHosts, allowHttp: !config.cookie.secure };
+  const providers = new Map<string, SignInProvider>(
+    config.providers.map((p) => [
+      p.name,
+      createSignInProvider(p, options.clientSecrets.get(p.name), { discoveryFailed: (name, err) => events.providerFailed?.(name, 'discovery', err) }),
+    ]),
+  );
+  const refreshes = new LRUCache<string, Promise<Refreshed>>({ max: 10_000, ttl: REFRESH_SHARED_MS });
+
+  // ---- answers ----------------------------------------------------------------------------------------
+
+  function answer(reason: ReasonCode, detail: string, status: number, headers: AnswerHeaders, body = ''): RouteAnswer {
+    return { reason, detail, answer: { status, headers: { 'cache-control': 'no-store', ...headers }, body } };
+  }
+  function redirect(location: string, cookies: readonly string[], detail: string): RouteAnswer {
+    return answer('SIGNIN_REDIRECT', detail, 302, cookies.length === 0 ? { location } : { location, 'set-cookie': [...cookies] });
+  }
+  function refuse(reason: ReasonCode, detail: string, requestId: string, cookies: readonly string[] = []): RouteAnswer {
+    const a = problemAnswer(reason, detail, requestId, { 'cache-control': 'no-store', ...(cookies.length === 0 ? {} : { 'set-cookie': [...cookies] }) });
+    return { reason, detail, answer: a };
+  }
+  function page(body: string, contentType: string, detail: string, cookies: readonly string[] = []): RouteAnswer {
+    return answer('SIGNIN_PAGE', detail, 200, { 'content-type': contentType, ...(cookies.length === 0 ? {} : { 'set-cookie': [...cookies] }) }, body);
+  }
+
+  /** One value of a query parameter: undefined when absent, null when repeated or not decodable. */
+  function param(query: string | undefined, name: string): string | undefined | null {
+    let params: URLSearchParams;
+    try {
+      params = new URLSearchParams(query ?? '');
+    } catch {
+      return null;
+    }
+    const all = params.getAll(name);
+    if (all.length === 0) return undefined;
+    return all.length === 1 ? (all[0] as string) : null;
+  }
+
+  // ---- sessions -----------------------------------------------------------------------------------------
+
+  function claimsOf(idClaims: Record<string, unknown>, extra: Record<string, unknown> | undefined, scope: string | undefined): Claims {
+    const merged: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(idClaims)) if (!DROPPED_CLAIMS.has(k)) merged[k] = v;
+    if (extra !== undefined) for (const [k, v] of Object.entries(extra)) if (k !== 'sub' && k !== 'iss') merged[k] = v;
+    if (merged['scope'] === undefined && scope !== undefined) merged['scope'] = scope;
+    return copyClaims(merged);
+  }
+
+  async function refresh(session: SessionData, provider: SignInProvider): Promise<Refreshed> {
+    const configuration = provider.configuration();
+    if (configuration === undefined || session.refreshToken === undefined) return { kind: 'unreachable' };
+    try {
+      const tokens = await client.refreshTokenGrant(configuration, session.refreshToken);
+      const idClaims = tokens.claims();
+      if (idClaims !== undefined && (idClaims.iss !== session.issuer || idClaims.sub !== session.subject)) {
+        events.refresh?.(provider.name, 'ended');
+        return { kind: 'ended', why: 'the refreshed ID token names another issuer or subject' };
+      }
+      const expiresIn = tokens.expiresIn();
+      events.refresh?.(provider.name, 'success');
+      return {
+        kind: 'ok',
+        session: {
+          ...session,
+          claims: idClaims === undefined ? session.claims : claimsOf({ ...session.claims, ...idClaims }, undefined, tokens.scope),
+          accessToken: tokens.access_token,
+          accessTokenExpiresAt: expiresIn === undefined ? undefined : now() + expiresIn,
+          refreshToken: tokens.refresh_token ?? session.refreshToken,
+          idToken: tokens.id_token ?? session.idToken,
+        },
+      };
+    } catch (err) {
+      if (isUnreachable(err)) {
+        events.refresh?.(provider.name, 'failure');
+        events.providerFailed?.(provider.name, 'refresh', err instanceof Error ? err : new Error(String(err)));
+        return { kind: 'unreachable' };
+      }
+      events.refresh?.(provider.name, 'ended');
+      return { kind: 'ended', why: 'the provider refused the refresh' };
+    }
+  }
+
+  /** One refresh per session and refresh token at a time; requests that bring the old cookie meanwhile share it. */
+  function sharedRefresh(session: SessionData, provider: SignInProvider): Promise<Refreshed> {
+    const key = `${session.id}\n${session.refreshToken ?? ''}`;
+    let pending = refreshes.get(key);
+    if (pending === undefined) {
+      pending = refresh(session, provider);
+      refreshes.set(key, pending);
+      // The provider being down is not remembered: the next request tries again.
+      void pending.then((r) => {
+        if (r.kind === 'unreachable' && refreshes.get(key) === pending) refreshes.delete(key);
+      });
+    }
+    return pending;
+  }
+
+  function clearing(cookies: RequestCookies): SessionResult {
+    const lines = store.clear(cookies);
+    return lines.length === 0 ? NONE : { kind: 'none', headers: { 'set-cookie': lines } };
+  }
+
+  /** The request's session, refreshed when due; the Set-Cookie lines of a new cookie go with it. */
+  async function current(request: AccessRequest, cookies: RequestCookies): Promise<{ session: SessionData; cookies: string[] } | SessionResult> {
+    const t = now();
+    const loaded = await store.load(cookies, t);
+    if (loaded === undefined) return NONE;
+    if (loaded === 'invalid' || loaded.expiresAt <= t || revocations.isRevoked(loaded)) return clearing(cookies);
+    const provider = providers.get(loaded.provider);
+    if (provider === undefined || provider.issuer !== loaded.issuer) return clearing(cookies);
+    const expiresAt = loaded.accessTokenExpiresAt;
+    if (expiresAt === undefined || expiresAt - t > config.session.refreshBeforeSeconds) return { session: loaded, cookies: [] };
+    if (loaded.refreshToken === undefined) {
+      // Nothing to refresh with: the session lasts as long as its access token.
+      return expiresAt > t ? { session: loaded, cookies: [] } : clearing(cookies);
+    }
+    const refreshed = await sharedRefresh(loaded, provider);
+    if (refreshed.kind === 'ended') {
+      revocations.revokeSession(loaded.id);
+      return clearing(cookies);
+    }
+    if (refreshed.kind === 'unreachable') {
+      if (expiresAt > t) return { session: loaded, cookies: [] };
+      return { kind: 'failed', reason: 'SESSION_UNAVAILABLE', detail: 'the session needs a refresh and the provider cannot be reached', headers: NO_HEADERS };
+    }
+    return { session: refreshed.session, cookies: await store.save(refreshed.session, cookies, t) };
+  }
+
+  function requestOrigin(request: AccessRequest): string {
+    return `${callbackUrl.protocol}//${request.host}`;
+  }
+
+  // ---- routes -------------------------------------------------------------------------------------------
+
+  function chooser(returnTo: string): RouteAnswer {
+    const links = [...providers.values()]
+      .map((p) => `<li><a href="${html(`${prefix}/start?${new URLSearchParams({ rd: returnTo, provider: p.name }).toString()}`)}">${html(p.name)}</a></li>`)
+      .join('\n');
+    const body = `<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>Sign in</title></head>\n<body><h1>Sign in with</h1>\n<ul>\n${links}\n</ul></body></html>\n`;
+    return page(body, 'text/html; charset=utf-8', 'the provider chooser');
+  }
+
+  async function start(request: AccessRequest): Promise<RouteAnswer> {
+    const rdParam = param(request.query, 'rd');
+    const providerParam = param(request.query, 'provider');
+    if (rdParam === null || providerParam === null) return refuse('SIGNIN_FAILED', 'rd and provider may be given once each', request.requestId);
+    const rd = checkReturnUrl(rdParam ?? '/', returnPolicy);
+    if (!rd.ok) return refuse('SIGNIN_FAILED', `the return URL is refused: ${rd.reason}`, request.requestId);
+    let provider: SignInProvider | undefined;
+    if (providerParam !== undefined) {
+      provider = providers.get(providerParam);
+      if (provider === undefined) return refuse('SIGNIN_FAILED', 'no such provider', request.requestId);
+    } else if (providers.size === 1) {
+      provider = providers.values().next().value;
+    } else {
+      return chooser(rd.location);
+    }
+    const configuration = provider?.configuration();
+    if (provider === undefined || configuration === undefined) {
+      return refuse('SIGNIN_UNAVAILABLE', 'the provider has not been discovered yet', request.requestId);
+    }
+    const verifier = client.randomPKCECodeVerifier();
+    const state = client.randomState();
+    const nonce = client.randomNonce();
+    const url = client.buildAuthorizationUrl(configuration, {
+      redirect_uri: callbackUrl.href,
+      scope: provider.scopes.join(' '),
+      state,
+      nonce,
+      code_challenge: await client.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: 'S256',
+    });
+    const cookies = parseCookies(request.headers['cookie']);
+    const lines = await states.begin({ state, nonce, verifier, provider: provider.name, returnTo: rd.location, createdAt: now() }, cookies, now());
+    return redirect(url.href, lines, `sign-in started at ${provider.name}`);
+  }
+
+  async function callback(request: AccessRequest): Promise<RouteAnswer> {
+    const id = request.requestId;
+    const state = param(request.query, 'state');
+    if (typeof state !== 'string' || state === '') return refuse('SIGNIN_FAILED', 'the callback has no state', id);
+    const cookies = parseCookies(request.headers['cookie']);
+    const { pending, clear } = await states.take(state, cookies, now());
+    if (pending === undefined) {
+      events.signIn?.('unknown', 'failure');
+      return refuse('SIGNIN_FAILED', 'no pending sign-in has this state (its cookie is missing, expired or from another browser)', id, clear);
+    }
+    const provider = providers.get(pending.provider);
+    const configuration = provider?.configuration();
+    if (provider === undefined || configuration === undefined) return refuse('SIGNIN_UNAVAILABLE', 'the provider has not been discovered yet', id, clear);
+    const fail = (reason: ReasonCode, detail: string): RouteAnswer => {
+      events.signIn?.(provider.name, 'failure');
+      return refuse(reason, detail, id, clear);
+    };
+    const providerError = param(request.query, 'error');
+    if (typeof providerError === 'string') return fail('SIGNIN_FAILED', `the provider answered ${safeText(providerError)}`);
+
+    const currentUrl = new URL(callbackUrl.href);
+    currentUrl.search = request.query ?? '';
+    let tokens: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
+    try {
+      tokens = await client.authorizationCodeGrant(configuration, currentUrl, {
+        pkceCodeVerifier: pending.verifier,
+        expectedState: pending.state,
+        expectedNonce: pending.nonce,
+        idTokenExpected: true,
+      });
+    } catch (err) {
+      if (isUnreachable(err)) {
+        events.providerFailed?.(provider.name, 'code exchange', err instanceof Error ? err : new Error(String(err)));
+        return fail('SIGNIN_UNAVAILABLE', 'the provider could not be reached to exchange the code');
+      }
+      if (err instanceof client.ResponseBodyError) return fail('SIGNIN_FAILED', `the provider refused the code (${safeText(err.error)})`);
+      if (err instanceof client.AuthorizationResponseError) return fail('SIGNIN_FAILED', `the provider answered ${safeText(err.error)}`);
+      return fail('SIGNIN_FAILED', `the provider's answer failed a check: ${safeText(err instanceof Error ? err.message : err)}`);
+    }
+    const idClaims = tokens.claims();
+    if (idClaims === undefined) return fail('SIGNIN_FAILED', 'the provider sent no ID token');
+    let extra: Record<string, unknown> | undefined;
+    if (provider.userinfo) {
+      try {
+        extra = await client.fetchUserInfo(configuration, tokens.access_token, idClaims.sub);
+      } catch (err) {
+        if (isUnreachable(err)) return fail('SIGNIN_UNAVAILABLE', 'the provider could not be reached for userinfo');
+        return fail('SIGNIN_FAILED', 'the userinfo answer failed a check');
+      }
+    }
+    const t = now();
+    const expiresIn = tokens.expiresIn();
+    const session: SessionData = {
+      // Always a new session: one the browser brought is never reused (session fixation).
+      id: randomId(),
+      provider: provider.name,
+      issuer: idClaims.iss,
+      subject: idClaims.sub,
+      claims: claimsOf(idClaims, extra, tokens.scope),
+      accessToken: tokens.access_token,
+      accessTokenExpiresAt: expiresIn === undefined ? undefined : t + expiresIn,
+      refreshToken: tokens.refresh_token,
+      idToken: tokens.id_token,
+      providerSid: typeof idClaims['sid'] === 'string' ? idClaims['sid'] : undefined,
+      startedAt: t,
+      expiresAt: t + config.session.maxAgeSeconds,
+    };
+    let lines: string[];
+    try {
+      lines = [...clear, ...(await store.save(session, cookies, t))];
+    } catch (err) {
+      // A session too large for eight cookie chunks.
+      return fail('SIGNIN_FAILED', `the session cannot be stored: ${safeText(err instanceof Error ? err.message : err)}`);
+    }
+    events.signIn?.(provider.name, 'success');
+    if (config.cookie.sameSite === 'strict') {
+      // A SameSite=Strict cookie is not sent on a redirect that began at the provider's site: the browser
+      // would come back without its new session. A page that navigates on is same-site.
+      const body = `<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${html(pending.returnTo)}"><title>Signed in</title></head><body><a href="${html(pending.returnTo)}">Continue</a></body></html>\n`;
+      return page(body, 'text/html; charset=utf-8', `signed in at ${provider.name}`, lines);
+    }
+    return redirect(pending.returnTo, lines, `signed in at ${provider.name}`);
+  }
+
+  async function signOut(request: AccessRequest): Promise<RouteAnswer> {
+    const id = request.requestId;
+    const rdParam = param(request.query, 'rd');
+    if (rdParam === null) return refuse('SIGNIN_FAILED', 'rd may be given once', id);
+    const rd = checkReturnUrl(rdParam ?? config.postLogoutRedirect, returnPolicy);
+    if (!rd.ok) return refuse('SIGNIN_FAILED', `the return URL is refused: ${rd.reason}`, id);
+    if (request.method === 'POST') {
+      const csrf = csrfRefusal(request.method, request.headers, requestOrigin(request), config.allowedRedirectHosts);
+      if (csrf !== undefined) return refuse('CSRF_REJECTED', csrf, id);
+    }
+    const cookies = parseCookies(request.headers['cookie']);
+    const loaded = await store.load(cookies, now());
+    const lines = store.clear(cookies);
+    if (loaded === undefined || loaded === 'invalid') return redirect(rd.location, lines, 'signed out (there was no session)');
+    // The session is refused from now on, even if a copy of the cookie comes back.
+    revocations.revokeSession(loaded.id);
+    events.logout?.('user');
+    const configuration = providers.get(loaded.provider)?.configuration();
+    if (configuration?.serverMetadata().end_session_endpoint !== undefined) {
+      const back = new URL(rd.location, callbackUrl).href;
+      const url = client.buildEndSessionUrl(configuration, {
+        post_logout_redirect_uri: back,
+        ...(loaded.idToken === undefined ? { client_id: configuration.clientMetadata().client_id } : { id_token_hint: loaded.idToken }),
+      });
+      return redirect(url.href, lines, 'signed out; on to the provider');
+    }
+    return redirect(rd.location, lines, 'signed out');
+  }
+
+  async function userinfo(request: AccessRequest): Promise<RouteAnswer> {
+    const cookies = parseCookies(request.headers['cookie']);
+    const found = await current(request, cookies);
+    if (!('session' in found)) {
+      if (found.kind === 'failed') return refuse(found.reason, found.detail, request.requestId);
+      const clear = found.headers['set-cookie'];
+      return refuse('CREDENTIALS_MISSING', 'no session', request.requestId, typeof clear === 'string' ? [clear] : (clear ?? []));
+    }
+    const { session } = found;
+    const mapped = options.identity.fromClaims(session.claims, session.issuer);
+    if (!mapped.ok) return refuse(mapped.reason, mapped.detail, request.requestId);
+    const claims: Record<string, ClaimValue> = {};
+    for (const path of Object.values(options.claimHeaders)) {
+      const value = claimAt(session.claims, path);
+      if (value !== undefined) claims[path] = value;
+    }
+    const body = JSON.stringify({
+      subject: mapped.identity.subject,
+      issuer: session.issuer,
+      provider: session.provider,
+      roles: mapped.identity.roles,
+      scopes: mapped.identity.scopes,
+      claims,
+      expiresAt: new Date(session.expiresAt * 1000).toISOString(),
+    });
+    return page(body, 'application/json', 'the session', found.cookies);
+  }
+
+  async function backchannelLogout(request: AccessRequest): Promise<RouteAnswer> {
+    const id = request.requestId;
+    const body = await request.readBody?.(LOGOUT_BODY_LIMIT);
+    if (body === undefined) return refuse('SIGNIN_FAILED', 'the logout request has no readable form body', id);
+    const token = param(body, 'logout_token');
+    if (typeof token !== 'string' || token === '') return refuse('SIGNIN_FAILED', 'the request has no single logout_token', id);
+    let issuer: unknown;
+    try {
+      issuer = decodeJwt(token).iss;
+    } catch {
+      return refuse('SIGNIN_FAILED', 'the logout token is not a JWT', id);
+    }
+    const candidates = [...providers.values()].filter((p) => p.issuer === issuer);
+    if (candidates.length === 0) return refuse('SIGNIN_FAILED', "the logout token's iss claim is not valid", id);
+    let reason = 'the logout token is not valid';
+    for (const provider of candidates) {
+      const keys = provider.keys();
+      if (keys === undefined) return refuse('SIGNIN_UNAVAILABLE', 'the provider has not been discovered yet', id);
+      const result = await logoutTokens.verify(token, { issuer: provider.issuer, clientId: provider.clientId, keys, algorithms: provider.algorithms() });
+      if (!result.ok) {
+        reason = result.reason;
+        continue;
+      }
+      if (result.sid !== undefined) revocations.revokeProviderSession(provider.name, result.sid);
+      else if (result.sub !== undefined) revocations.revokeSubject(provider.name, result.sub, now());
+      events.logout?.('backchannel');
+      return answer('SIGNIN_PAGE', 'back-channel logout done', 200, {}, '');
+    }
+    return refuse('SIGNIN_FAILED', reason, id);
+  }
+
+  const routes: Record<string, { methods: readonly string[]; handle: (request: AccessRequest) => Promise<RouteAnswer> }> = {
+    '/start': { methods: ['GET', 'HEAD'], handle: start },
+    '/callback': { methods: ['GET', 'HEAD'], handle: callback },
+    '/sign-out': { methods: ['GET', 'POST'], handle: signOut },
+    '/userinfo': { methods: ['GET', 'HEAD'], handle: userinfo },
+    '/backchannel-logout': { methods: ['POST'], handle: backchannelLogout },
+  };
+
+  return {
+    isRoute: (path) => path === prefix || path.startsWith(`${prefix}/`),
+    async route(request) {
+      const route = Object.hasOwn(routes, request.path.slice(prefix.length)) ? routes[request.path.slice(prefix.length)] : undefined;
+      if (route === undefined) return refuse('NOT_FOUND', 'no such sign-in route', request.requestId);
+      if (!route.methods.includes(request.method)) {
+        return refuse('METHOD_NOT_ALLOWED', `${request.path} answers ${route.methods.join(', ')}`, request.requestId);
+      }
+      return route.handle(request);
+    },
+    async resolve(request) {
+      const cookies = parseCookies(request.headers['cookie']);
+      // CSRF before anything else: a cross-site unsafe request never gets to use (or refresh) the session.
+      if (cookies.size > 0 && [...cookies.keys()].some((n) => n === settings.name || n.startsWith(`${settings.name}.`))) {
+        const csrf = csrfRefusal(request.method, request.headers, requestOrigin(request), config.allowedRedirectHosts);
+        if (csrf !== undefined) return { kind: 'failed', reason: 'CSRF_REJECTED', detail: csrf, headers: NO_HEADERS };
+      }
+      const found = await current(request, cookies);
+      if (!('session' in found)) return found;
+      const { session } = found;
+      return {
+        kind: 'session',
+        issuer: session.issuer,
+        claims: session.claims,
+        accessToken: session.accessToken,
+        headers: found.cookies.length === 0 ? NO_HEADERS : { 'set-cookie': found.cookies },
+      };
+    },
+    signInRedirect(request, redirects) {
+      if (!redirects || !redirectsToSignIn(config.unauthenticated, request.method, request.headers)) return undefined;
+      const target = request.query === undefined ? request.path : `${request.path}?${request.query}`;
+      // A return path the start route would refuse (an encoded space, say) becomes the site's root.
+      const rd = checkReturnUrl(target, returnPolicy).ok ? target : '/';
+      const answer: ClientAnswer = {
+        status: 302,
+        headers: { location: `${prefix}/start?${new URLSearchParams({ rd }).toString()}`, 'cache-control': 'no-store' },
+        body: '',
+      };
+      return answer;
+    },
+    scrubCookie(value) {
+      const kept = value
+        .split(';')
+        .map((part) => part.trim())
+        .filter((part) => {
+          const eq = part.indexOf('=');
+          return part !== '' && !(eq > 0 && isOwnCookie(settings, part.slice(0, eq).trim()));
+        });
+      return kept.length === 0 ? undefined : kept.join('; ');
+    },
+    missing() {
+      return [...providers.values()].filter((p) => p.configuration() === undefined).map((p) => `discovery of sign-in provider ${p.name} (${p.issuer})`);
+    },
+    close() {
+      for (const p of providers.values()) p.close();
+    },
+  };
+}
