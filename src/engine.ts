@@ -118,7 +118,7 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
   const engine = engineFromParts(config, {
     authorizer,
     authenticators: built.map((b) => b.authenticator),
-    sessions: signIn === undefined ? undefined : (identity) => signIn({ identity, events: events.signIn }),
+    sessions: signIn === undefined ? undefined : (identity) => signIn({ identity, events: events.signIn, now: options.now }),
   });
   async function reloadKeyFiles(): Promise<void> {
     for (const b of built) await b.reloadFiles?.();

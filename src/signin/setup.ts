@@ -10,7 +10,11 @@ import type { BrowserSessions, IdentityMapper } from '../core/stages.js';
 import type { SignInEvents } from './browser-sessions.js';
 import { MIN_COOKIE_SECRET_BYTES } from './cookie-codec.js';
 
-export type SignInBuilder = (context: { readonly identity: IdentityMapper; readonly events?: SignInEvents | undefined }) => BrowserSessions;
+export type SignInBuilder = (context: {
+  readonly identity: IdentityMapper;
+  readonly events?: SignInEvents | undefined;
+  readonly now?: (() => Date) | undefined;
+}) => BrowserSessions;
 
 /** Reads the sign-in files; the builder of the sessions, or undefined without `signIn`, with issues, or with `check`. */
 export async function prepareSignIn(config: Config, issues: ConfigIssue[], options: { readonly check?: boolean } = {}): Promise<SignInBuilder | undefined> {
@@ -60,5 +64,6 @@ export async function prepareSignIn(config: Config, issues: ConfigIssue[], optio
       identity: context.identity,
       claimHeaders: config.headers.claims,
       events: context.events,
+      ...(context.now === undefined ? {} : { now: ((clock: () => Date) => () => Math.floor(clock().getTime() / 1000))(context.now) }),
     });
 }
