@@ -8,7 +8,8 @@ export const BUNDLE_OPTIONS = Object.freeze({
   target: 'node20',
   format: 'esm',
   // Loaded from node_modules, and only when the gRPC door is configured.
-  external: ['@grpc/grpc-js', '@grpc/proto-loader'],
+  // oidc-provider: only the demo's sign-in provider loads it, from a source checkout (a devDependency).
+  external: ['@grpc/grpc-js', '@grpc/proto-loader', 'oidc-provider'],
   // CommonJS dependencies call require() for Node built-ins; an ES module has no require of its own.
   banner: { js: "import { createRequire as __authzCreateRequire } from 'node:module'; const require = __authzCreateRequire(import.meta.url);" },
   legalComments: 'none',

@@ -137,7 +137,7 @@ export function finishSocket(socket: Duplex, data?: string): void {
 export function writeSocketProblem(socket: Duplex, code: ReasonCode, detail: string): void {
   const answer = problemAnswer(code, detail);
   let head = `HTTP/1.1 ${answer.status} ${REASONS[code].title}\r\n`;
-  for (const [name, value] of Object.entries(answer.headers)) head += `${name}: ${value}\r\n`;
+  for (const [name, value] of Object.entries(answer.headers)) for (const v of typeof value === 'string' ? [value] : value) head += `${name}: ${v}\r\n`;
   finishSocket(socket, `${head}content-length: ${Buffer.byteLength(answer.body)}\r\nconnection: close\r\n\r\n${answer.body}`);
 }
 

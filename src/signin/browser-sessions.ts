@@ -65,7 +65,6 @@ function html(text: string): string {
 
 /** A provider error or message as a client may read it: printable ASCII, bounded. */
 function safeText(value: unknown): string {
-  // eslint-disable-next-line no-control-regex -- removing control characters is the point
   return String(value).replace(/[^\x20-\x7e]/g, '').slice(0, 160);
 }
 
@@ -125,7 +124,7 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     }
     const all = params.getAll(name);
     if (all.length === 0) return undefined;
-    return all.length === 1 ? (all[0] as string) : null;
+    return all.length === 1 ? all[0] : null;
   }
 
   // ---- sessions -----------------------------------------------------------------------------------------

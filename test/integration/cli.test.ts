@@ -10,6 +10,7 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { runCli, runCommand, type Run } from '../support/cli.js';
+import { ScriptedBrowser, signInAtProvider } from '../support/scripted-browser.js';
 import { httpUrl, spawnCli, startServe } from '../support/serve.js';
 import { EXAMPLE_MODEL, EXAMPLE_POLICY } from '../support/sidecar.js';
 import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
@@ -146,13 +147,15 @@ describe('serve, as a process', () => {
 
 describe('demo (what npm start runs)', () => {
   it('prints curl commands that give the statuses they promise', async () => {
-    const ports = { proxy: await freePort(), admin: await freePort(), app: await freePort(), idp: await freePort() };
+    const ports = { proxy: await freePort(), admin: await freePort(), app: await freePort(), idp: await freePort(), op: await freePort() };
     const example = await readFile(resolve(import.meta.dirname, '../../policies/authz-sidecar.yaml'), 'utf8');
     const config = example
       .replaceAll('127.0.0.1:8080', `127.0.0.1:${ports.proxy}`)
       .replaceAll('127.0.0.1:8081', `127.0.0.1:${ports.admin}`)
       .replaceAll('127.0.0.1:3000', `127.0.0.1:${ports.app}`)
       .replaceAll('127.0.0.1:8090', `127.0.0.1:${ports.idp}`)
+      .replaceAll('127.0.0.1:8091', `127.0.0.1:${ports.op}`)
+      .replaceAll('./demo/', `${resolve(import.meta.dirname, '../../policies/demo')}/`)
       .replace('./model.conf', EXAMPLE_MODEL)
       .replace('./policy.csv', EXAMPLE_POLICY);
     const file = join(dir, 'demo.yaml');
@@ -178,7 +181,20 @@ describe('demo (what npm start runs)', () => {
         expect({ command, status: r.stdout }).toEqual({ command, status: expected });
         statuses.add(expected);
       }
-      expect([...statuses].sort()).toEqual(['200', '401', '403']);
+      expect([...statuses].sort()).toEqual(['200', '302', '401', '403']);
+
+      // The browser journey the demo promises: open a page, sign in at the dev provider as a printed user.
+      const user = /^\s+(\w+)\s+roles: reader$/m.exec(text)?.[1];
+      expect(user).toBe('alice');
+      const browser = new ScriptedBrowser();
+      try {
+        const first = await browser.get(`http://127.0.0.1:${ports.proxy}/orders/42`);
+        const { page } = await signInAtProvider(browser, first, { login: user ?? '' });
+        expect(page.url).toBe(`http://127.0.0.1:${ports.proxy}/orders/42`);
+        expect(JSON.parse(page.body)).toMatchObject({ app: 'echo', path: '/orders/42', headers: { 'x-auth-subject': 'alice', 'x-auth-roles': 'reader', 'x-auth-email': 'alice@example.test' } });
+      } finally {
+        await browser.close();
+      }
     } finally {
       code = await demo.stop('SIGINT');
     }
