@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createServer as createHttpServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { startApache } from './lib/apache.mjs';
@@ -188,7 +189,7 @@ function deployedNodeOptions() {
 }
 
 /** A sidecar of SIDECAR_ROOT's build, or of `root`'s (the baseline): the config is the same but for its ports. */
-async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, upstreamUrl, nodeOptions, root = SIDECAR_ROOT }) {
+async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, upstreamUrl, nodeOptions, root = SIDECAR_ROOT, signIn }) {
   const port = await freePort();
   const admin = await freePort();
   const config = {
@@ -199,6 +200,7 @@ async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), ups
     authn: { jwt: [{ issuer: ISSUER, audiences: [AUDIENCE], jwksFile: join(work, 'jwks.json'), algorithms: ['RS256'] }] },
     authz: { model: join(ROOT, 'policies/model.conf'), policy, watch: false },
     shutdown: { drainSeconds: 2 },
+    ...(signIn === undefined ? {} : { signIn: signIn(port) }),
   };
   const file = join(work, `sidecar-${port}.json`);
   writeFileSync(file, JSON.stringify(config));
@@ -231,6 +233,47 @@ async function grpcCheckDoor(root) {
     load: (seconds) => h2loadGrpc({ url: `http://127.0.0.1:${grpcPort}/envoy.service.auth.v3.Authorization/Check`, cpu: LOAD_CPU, body: frame, seconds }),
     stop: () => stopTree(sidecar.pid, sidecar.stop),
   };
+}
+
+/**
+ * Row 5s: a request authenticated by a browser session cookie (decrypt + decision + forward) instead of a
+ * bearer token. The cookie is sealed with the sidecar's own codec (the checkout's dist/) under the secret
+ * the sidecar is given, for the same user and roles as the bearer token; a minimal discovery document on
+ * loopback stands in for the provider (the sidecar is ready only once it is discovered; no sign-in happens).
+ */
+async function sessionCookie(root) {
+  const secretFile = join(work, 'cookie-secret');
+  writeFileSync(secretFile, 'bench-cookie-secret-0123456789-0123456789-0123456789');
+  const { createCookieCodec } = await import(join(root, 'dist/signin/cookie-codec.js'));
+  const codec = createCookieCodec([{ bytes: new Uint8Array(readFileSync(secretFile)), what: 'bench' }]);
+  const now = Math.floor(Date.now() / 1000);
+  const sealed = await codec.seal(
+    { v: 1, id: 'bench-session', p: 'bench', iss: providerIssuer, sub: 'bench-user', c: { sub: 'bench-user', roles: ['team0'] }, st: now },
+    now + 4 * 3600,
+  );
+  return { cookie: `authz=${sealed}`, secretFile };
+}
+
+let providerIssuer;
+/** The stand-in provider of row 5s: a discovery document and an empty JWKS on loopback. */
+async function startDiscovery() {
+  const port = await freePort();
+  providerIssuer = `http://127.0.0.1:${port}`;
+  const doc = JSON.stringify({
+    issuer: providerIssuer,
+    authorization_endpoint: `${providerIssuer}/auth`,
+    token_endpoint: `${providerIssuer}/token`,
+    jwks_uri: `${providerIssuer}/jwks`,
+    response_types_supported: ['code'],
+    subject_types_supported: ['public'],
+    id_token_signing_alg_values_supported: ['RS256'],
+  });
+  const server = createHttpServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(req.url === '/jwks' ? '{"keys":[]}' : doc);
+  });
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return () => new Promise((resolve) => server.close(resolve));
 }
 
 /** Row 7h: a sidecar (of `root`'s build) with the ext_authz HTTP door, checked to allow and deny, and its load. */
@@ -350,6 +393,25 @@ async function main() {
     return { pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }), stop: () => stopTree(sidecar.pid, sidecar.stop) };
   };
   if (want('5')) await sidecarRow('5', `authz-sidecar proxy (${POLICY_LINES}-line policy)`, proxyRow(undefined));
+  if (want('5s')) {
+    // The same request as row 5, authenticated by a session cookie instead of the bearer token.
+    stops.push(await startDiscovery());
+    const session = await sessionCookie(SIDECAR_ROOT);
+    const sidecar = await startSidecar({
+      upstreamPort,
+      signIn: (port) => ({
+        callbackUrl: `http://127.0.0.1:${port}/.authz/callback`,
+        providers: [{ name: 'bench', issuer: providerIssuer, clientId: 'bench' }],
+        cookie: { name: 'authz', secretFiles: [session.secretFile], secure: false },
+      }),
+    });
+    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
+    const withCookie = await fetch(http(sidecar.port), { headers: { cookie: session.cookie } });
+    const without = await fetch(http(sidecar.port), { headers: { accept: 'application/json' } });
+    await Promise.all([withCookie.arrayBuffer(), without.arrayBuffer()]);
+    if (withCookie.status !== 200 || without.status !== 401) throw new Error(`row 5s: expected 200 with the session cookie and 401 without, got ${withCookie.status} and ${without.status}`);
+    compared.push({ id: '5s', name: `authz-sidecar proxy, browser session cookie (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: { Cookie: session.cookie } }) });
+  }
   if (want('5u')) {
     // The app on a unix socket instead of loopback TCP: what the usual advice for containers of one pod
     // says is much faster (an emptyDir volume shared by the two containers).

@@ -159,6 +159,7 @@ export function renderMarkdown(result) {
   ratio('5t', '3', 'sidecar proxy as deployed (5t) / bare @fastify/http-proxy (3)');
   ratio('5', '2', 'sidecar proxy (5) / nginx proxy (2)');
   ratio('5u', '5', 'upstream on a unix socket (5u) / on loopback TCP (5)');
+  ratio('5s', '5', 'browser session cookie (5s) / bearer token (5)');
   ratio('6', '5', 'cold caches (6) / warm (5)');
   ratio('7h', '5', 'ext_authz HTTP (7h) / sidecar proxy (5)');
   ratio('7g', '7h', 'ext_authz gRPC (7g) / ext_authz HTTP (7h)');
