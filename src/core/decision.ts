@@ -72,10 +72,9 @@ export function outcomeOf(reason: ReasonCode): Outcome {
       return 'unauthenticated';
     case 403:
       return 'forbidden';
-    case 400:
-      return 'badRequest';
     default:
-      return 'unavailable';
+      // Every other 4xx (400, 404, 405, 408, 413, 431) is the request's fault; 5xx is ours or the app's.
+      return status >= 400 && status < 500 ? 'badRequest' : 'unavailable';
   }
 }
 

@@ -14,6 +14,7 @@ import { LRUCache } from 'lru-cache';
 import { decodeJwt } from 'jose';
 import type { SignInConfig } from '../config/schema.js';
 import type { AccessRequest } from '../core/access-request.js';
+import { DEFAULT_REALM } from '../core/decide.js';
 import { problemAnswer, type AnswerHeaders, type ClientAnswer } from '../core/decision.js';
 import type { ReasonCode } from '../core/errors.js';
 import { claimAt, copyClaims, type Claims, type ClaimValue } from '../core/identity.js';
@@ -68,12 +69,30 @@ function safeText(value: unknown): string {
   return String(value).replace(/[^\x20-\x7e]/g, '').slice(0, 160);
 }
 
-/** Whether an openid-client failure is the provider being unreachable or broken, rather than a refusal. */
+/**
+ * Whether an openid-client failure is the provider being unreachable or broken (a network error, a
+ * timeout, a 5xx or 429, an answer that is not OAuth at all), rather than a refusal (an OAuth error in a
+ * 4xx, a failed check of its answer). A refusal ends a refresh; an unreachable provider does not.
+ */
 function isUnreachable(err: unknown): boolean {
-  if (err instanceof client.ResponseBodyError) return err.status >= 500;
-  if (err instanceof client.ClientError) return false;
+  if (err instanceof client.ResponseBodyError) return err.status >= 500 || err.status === 429;
   if (err instanceof client.AuthorizationResponseError) return false;
-  // fetch() failures (TypeError), timeouts (AbortError, TimeoutError) and non-JSON answers.
+  if (err instanceof client.ClientError) {
+    switch (err.code) {
+      case 'OAUTH_TIMEOUT':
+      case 'OAUTH_ABORT':
+      case undefined:
+        return true;
+      case 'OAUTH_RESPONSE_IS_NOT_CONFORM':
+      case 'OAUTH_RESPONSE_IS_NOT_JSON': {
+        const status = err.cause instanceof Response ? err.cause.status : 0;
+        return !(status >= 400 && status < 500 && status !== 408 && status !== 429);
+      }
+      default:
+        return false;
+    }
+  }
+  // fetch() failures (TypeError: fetch failed) and anything else thrown on the way.
   return true;
 }
 
@@ -214,7 +233,13 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       if (expiresAt > t) return { session: loaded, cookies: [] };
       return { kind: 'failed', reason: 'SESSION_UNAVAILABLE', detail: 'the session needs a refresh and the provider cannot be reached', headers: NO_HEADERS };
     }
-    return { session: refreshed.session, cookies: await store.save(refreshed.session, cookies, t) };
+    try {
+      return { session: refreshed.session, cookies: await store.save(refreshed.session, cookies, t) };
+    } catch {
+      // A refreshed session too large for the cookie chunks: it cannot be kept, so it ends.
+      revocations.revokeSession(loaded.id);
+      return clearing(cookies);
+    }
   }
 
   function requestOrigin(request: AccessRequest): string {
@@ -385,7 +410,9 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     if (!('session' in found)) {
       if (found.kind === 'failed') return refuse(found.reason, found.detail, request.requestId);
       const clear = found.headers['set-cookie'];
-      return refuse('CREDENTIALS_MISSING', 'no session', request.requestId, typeof clear === 'string' ? [clear] : (clear ?? []));
+      const answer = refuse('CREDENTIALS_MISSING', 'no session', request.requestId, typeof clear === 'string' ? [clear] : (clear ?? []));
+      // RFC 9110 §15.5.2: a 401 names a scheme.
+      return { ...answer, answer: { ...answer.answer, headers: { ...answer.answer.headers, 'www-authenticate': `Bearer realm="${DEFAULT_REALM}"` } } };
     }
     const { session } = found;
     const mapped = options.identity.fromClaims(session.claims, session.issuer);
@@ -477,11 +504,16 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     signInRedirect(request, redirects) {
       if (!redirects || !redirectsToSignIn(config.unauthenticated, request.method, request.headers)) return undefined;
       const target = request.query === undefined ? request.path : `${request.path}?${request.query}`;
-      // A return path the start route would refuse (an encoded space, say) becomes the site's root.
-      const rd = checkReturnUrl(target, returnPolicy).ok ? target : '/';
+      // The sign-in starts on the callback's origin (its state cookie must be there when the provider sends
+      // the browser back), absolute so that a proxy relaying the answer cannot resolve it against itself.
+      // From another host, the way back names that host, if it is an allowed one.
+      const sameHost = request.host === '' || request.host === callbackUrl.host.toLowerCase();
+      const back = sameHost ? target : `${callbackUrl.protocol}//${request.host}${target}`;
+      // A return URL the start route would refuse (an encoded space, a host not allowed) becomes the root.
+      const rd = checkReturnUrl(back, returnPolicy).ok ? back : '/';
       const answer: ClientAnswer = {
         status: 302,
-        headers: { location: `${prefix}/start?${new URLSearchParams({ rd }).toString()}`, 'cache-control': 'no-store' },
+        headers: { location: `${callbackUrl.origin}${prefix}/start?${new URLSearchParams({ rd }).toString()}`, 'cache-control': 'no-store' },
         body: '',
       };
       return answer;

@@ -3,6 +3,7 @@
  * and consent pages, a real upstream and the real sidecar; the browser is scripted (real HTTP, a cookie jar).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signInAtProvider } from '../support/scripted-browser.js';
 import { COOKIE, startSignInEnv, type SignInEnv } from '../support/signin-env.js';
 
 describe('browser sign-in through the proxy door', () => {
@@ -16,7 +17,11 @@ describe('browser sign-in through the proxy door', () => {
 
   it('sends a browser through the provider login and back to the page it asked for, with identity headers at the app', async () => {
     const browser = env.browser();
-    const page = await env.signIn(browser, '/orders/7?x=1');
+    const first = await browser.get(`${env.origin}/orders/7?x=1`);
+    const hops = first.hops.map((h) => `${h.status} ${new URL(h.url).pathname}`);
+    expect(hops.slice(0, 3)).toEqual(['302 /orders/7', '302 /.authz/start', '303 /auth']);
+    expect(first.hops[1]?.url).toBe(`${env.origin}/.authz/start?rd=%2Forders%2F7%3Fx%3D1`);
+    const { page } = await signInAtProvider(browser, first, { login: 'alice' });
     expect(page.status).toBe(200);
     expect(page.url).toBe(`${env.origin}/orders/7?x=1`);
     const seen = env.upstream.requests.at(-1);
@@ -27,9 +32,6 @@ describe('browser sign-in through the proxy door', () => {
     expect(seen?.headers['x-auth-email']).toBe('alice@example.test');
     // The sidecar's own cookies never reach the app.
     expect(String(seen?.headers.cookie ?? '')).not.toMatch(new RegExp(`(^|; )${COOKIE}(\\.\\d)?=|${COOKIE}-s-`));
-    const hops = page.hops.map((h) => `${h.status} ${new URL(h.url).pathname}`);
-    expect(hops[0]).toBe('302 /orders/7');
-    expect(hops[1]).toBe('302 /.authz/start');
     const session = browser.cookies.all().find((c) => c.name === COOKIE);
     expect(session?.httpOnly).toBe(true);
     expect(session?.sameSite).toBe('lax');
