@@ -200,12 +200,13 @@ describe.each(DOORS)('sign-in attacks through %s', (door) => {
     const browser = env.browser();
     await env.signIn(browser, '/orders/1', 'alice');
     const cookie = `${COOKIE}=${browser.cookies.get(env.origin, COOKIE) ?? ''}`;
-    for (const headers of [
+    const attempts: Array<Record<string, string>> = [
       { origin: 'https://evil.example' },
       { 'sec-fetch-site': 'cross-site', origin: env.origin },
       { origin: 'null' },
       {},
-    ]) {
+    ];
+    for (const headers of attempts) {
       const answer = await (doors[door] as Door)('POST', '/orders/1', { ...headers, cookie, accept: 'application/json' });
       expect({ headers, status: answer.status, code: answer.code, subject: answer.subject }).toEqual({ headers, status: 403, code: 'CSRF_REJECTED', subject: undefined });
     }
