@@ -52,6 +52,7 @@ export interface BrowserSessionsOptions {
   /** `headers.claims` (header name -> claim path): what userinfo shows as `claims`. */
   readonly claimHeaders: Readonly<Record<string, string>>;
   readonly events?: SignInEvents | undefined;
+  /** The clock, in milliseconds since the epoch (tests move it). */
   readonly now?: (() => number) | undefined;
 }
 
@@ -98,7 +99,8 @@ function isUnreachable(err: unknown): boolean {
 
 export function createBrowserSessions(options: BrowserSessionsOptions): BrowserSessions {
   const { config } = options;
-  const now = options.now ?? (() => Math.floor(Date.now() / 1000));
+  const nowMs = options.now ?? Date.now;
+  const now = (): number => Math.floor(nowMs() / 1000);
   const events = options.events ?? {};
   const prefix = config.prefix;
   const callbackUrl = new URL(config.callbackUrl);
@@ -328,7 +330,10 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       }
       if (err instanceof client.ResponseBodyError) return fail('SIGNIN_FAILED', `the provider refused the code (${safeText(err.error)})`);
       if (err instanceof client.AuthorizationResponseError) return fail('SIGNIN_FAILED', `the provider answered ${safeText(err.error)}`);
-      return fail('SIGNIN_FAILED', `the provider's answer failed a check: ${safeText(err instanceof Error ? err.message : err)}`);
+      // openid-client's message is generic ("unexpected JWT claim value encountered"); its cause names the
+      // check that failed (the nonce, the iss parameter, the ID token's audience...).
+      const named = err instanceof client.ClientError && err.cause instanceof Error ? err.cause.message : err instanceof Error ? err.message : String(err);
+      return fail('SIGNIN_FAILED', `the provider's answer failed a check: ${safeText(named)}`);
     }
     const idClaims = tokens.claims();
     if (idClaims === undefined) return fail('SIGNIN_FAILED', 'the provider sent no ID token');
@@ -355,7 +360,7 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       refreshToken: tokens.refresh_token,
       idToken: tokens.id_token,
       providerSid: typeof idClaims['sid'] === 'string' ? idClaims['sid'] : undefined,
-      startedAt: t,
+      startedAtMs: nowMs(),
       expiresAt: t + config.session.maxAgeSeconds,
     };
     let lines: string[];
@@ -458,7 +463,7 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
         continue;
       }
       if (result.sid !== undefined) revocations.revokeProviderSession(provider.name, result.sid);
-      else if (result.sub !== undefined) revocations.revokeSubject(provider.name, result.sub, now());
+      else if (result.sub !== undefined) revocations.revokeSubject(provider.name, result.sub, nowMs());
       events.logout?.('backchannel');
       return answer('SIGNIN_PAGE', 'back-channel logout done', 200, {}, '');
     }

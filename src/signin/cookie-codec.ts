@@ -15,8 +15,13 @@ import { decodeProtectedHeader, EncryptJWT, jwtDecrypt, type JWTPayload } from '
 export const MIN_COOKIE_SECRET_BYTES = 32;
 /** Longer values are split: browsers keep at least 4,096 bytes per cookie, name and attributes included. */
 export const MAX_CHUNK_LENGTH = 3_800;
-/** At most this many chunks are read (a session that needs more is refused when sealed). */
-export const MAX_CHUNKS = 8;
+/**
+ * At most this many chunks (11,400 bytes) are set and read; a session that needs more is refused when
+ * sealed. Every cookie rides in one Cookie header: past this, with the request's other headers, it would
+ * outgrow the 16 KiB header section of the sidecar (and of many proxies), and the browser, sending it with
+ * every request, would be refused (431) everywhere on the site.
+ */
+export const MAX_CHUNKS = 3;
 
 const HKDF_INFO = 'authz-sidecar cookie v1';
 

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Claims } from '../core/identity.js';
-import { isCookieOf, joinFromCookies, splitIntoCookies, type CookieCodec } from './cookie-codec.js';
+import { isCookieOf, joinFromCookies, MAX_CHUNK_LENGTH, MAX_CHUNKS, splitIntoCookies, type CookieCodec } from './cookie-codec.js';
 
 /** A pending sign-in lives this long (the time to log in at the provider). */
 export const STATE_COOKIE_SECONDS = 600;
@@ -31,8 +31,9 @@ export interface SessionData {
   readonly idToken?: string | undefined;
   /** The provider's session id (`sid`), for back-channel logout. */
   readonly providerSid?: string | undefined;
-  /** Sign-in time and the absolute end (`maxAgeSeconds` later), seconds since the epoch. */
-  readonly startedAt: number;
+  /** Sign-in time in milliseconds since the epoch (exact enough to tell a sign-in from a logout in the same second). */
+  readonly startedAtMs: number;
+  /** The absolute end (`maxAgeSeconds` after sign-in), seconds since the epoch. */
   readonly expiresAt: number;
 }
 
@@ -126,7 +127,7 @@ function toSealed(s: SessionData): SealedSession {
     iss: s.issuer,
     sub: s.subject,
     c: s.claims,
-    st: s.startedAt,
+    st: s.startedAtMs,
     ...(s.accessToken === undefined ? {} : { at: s.accessToken }),
     ...(s.accessTokenExpiresAt === undefined ? {} : { ate: s.accessTokenExpiresAt }),
     ...(s.refreshToken === undefined ? {} : { rt: s.refreshToken }),
@@ -142,10 +143,10 @@ function fromSealed(p: Record<string, unknown>): SessionData | undefined {
   const provider = str(p['p']);
   const issuer = str(p['iss']);
   const subject = str(p['sub']);
-  const startedAt = num(p['st']);
+  const startedAtMs = num(p['st']);
   const expiresAt = num(p['exp']);
   const claims = p['c'];
-  if (p['v'] !== 1 || id === undefined || provider === undefined || issuer === undefined || subject === undefined || startedAt === undefined || expiresAt === undefined) return undefined;
+  if (p['v'] !== 1 || id === undefined || provider === undefined || issuer === undefined || subject === undefined || startedAtMs === undefined || expiresAt === undefined) return undefined;
   if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) return undefined;
   return {
     id,
@@ -158,7 +159,7 @@ function fromSealed(p: Record<string, unknown>): SessionData | undefined {
     refreshToken: str(p['rt']),
     idToken: str(p['idt']),
     providerSid: str(p['psid']),
-    startedAt,
+    startedAtMs,
     expiresAt,
   };
 }
@@ -196,7 +197,12 @@ export function createCookieSessionStore(settings: CookieSettings, codec: Cookie
       return session;
     },
     async save(session, cookies, now) {
-      const sealed = await codec.seal(toSealed(session) as unknown as Record<string, unknown>, session.expiresAt);
+      let sealed = await codec.seal(toSealed(session) as unknown as Record<string, unknown>, session.expiresAt);
+      if (sealed.length > MAX_CHUNK_LENGTH * MAX_CHUNKS && session.idToken !== undefined) {
+        // Too large with the raw ID token beside its claims: it goes (sign-out then names the client instead
+        // of hinting the ID token).
+        sealed = await codec.seal(toSealed({ ...session, idToken: undefined }) as unknown as Record<string, unknown>, session.expiresAt);
+      }
       const parts = splitIntoCookies(settings.name, sealed);
       const maxAge = session.expiresAt - now;
       const lines = parts.map(([name, value]) => setCookie(settings, name, value, maxAge));

@@ -16,8 +16,8 @@ export interface Revocations {
   revokeSession(id: string): void;
   /** Back-channel logout: the provider's session `sid`. */
   revokeProviderSession(provider: string, sid: string): void;
-  /** Back-channel logout by `sub`: every session of that subject at that provider started until `at`. */
-  revokeSubject(provider: string, subject: string, at: number): void;
+  /** Back-channel logout by `sub`: every session of that subject at that provider started until `atMs`. */
+  revokeSubject(provider: string, subject: string, atMs: number): void;
   isRevoked(session: SessionData): boolean;
 }
 
@@ -26,12 +26,12 @@ export function createRevocations(maxAgeSeconds: number): Revocations {
   return {
     revokeSession: (id) => void cache.set(`s\n${id}`, 0),
     revokeProviderSession: (provider, sid) => void cache.set(`p\n${provider}\n${sid}`, 0),
-    revokeSubject: (provider, subject, at) => void cache.set(`u\n${provider}\n${subject}`, at),
+    revokeSubject: (provider, subject, atMs) => void cache.set(`u\n${provider}\n${subject}`, atMs),
     isRevoked(session) {
       if (cache.has(`s\n${session.id}`)) return true;
       if (session.providerSid !== undefined && cache.has(`p\n${session.provider}\n${session.providerSid}`)) return true;
       const at = cache.get(`u\n${session.provider}\n${session.subject}`);
-      return at !== undefined && session.startedAt <= at;
+      return at !== undefined && session.startedAtMs <= at;
     },
   };
 }

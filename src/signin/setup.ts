@@ -64,6 +64,6 @@ export async function prepareSignIn(config: Config, issues: ConfigIssue[], optio
       identity: context.identity,
       claimHeaders: config.headers.claims,
       events: context.events,
-      ...(context.now === undefined ? {} : { now: ((clock: () => Date) => () => Math.floor(clock().getTime() / 1000))(context.now) }),
+      ...(context.now === undefined ? {} : { now: ((clock: () => Date) => () => clock().getTime())(context.now) }),
     });
 }

@@ -130,7 +130,8 @@ const DEFAULT_USER_AGENT = 'Mozilla/5.0 (X11; Linux x86_64) ScriptedBrowser/1.0 
 
 export class ScriptedBrowser {
   readonly cookies: CookieJar;
-  readonly #agent = new Agent({ keepAliveTimeout: 1_000 });
+  // A browser takes Set-Cookie headers far past undici's 16 KiB default.
+  readonly #agent = new Agent({ keepAliveTimeout: 1_000, maxHeaderSize: 256 * 1024 });
   readonly #userAgent: string;
 
   constructor(options: ScriptedBrowserOptions = {}) {

@@ -30,7 +30,7 @@ function session(over: Partial<SessionData> = {}): SessionData {
     refreshToken: 'rt',
     idToken: 'idt',
     providerSid: 'psid',
-    startedAt: NOW,
+    startedAtMs: NOW * 1000,
     expiresAt: NOW + 3600,
     ...over,
   };
@@ -90,6 +90,15 @@ describe('the cookie session store', () => {
     expect(small[0]).toMatch(/^__Host-authz=/);
     expect(small.slice(1).every((l) => /^__Host-authz\.\d=; .*Max-Age=0/.test(l))).toBe(true);
     expect(small).toHaveLength(1 + lines.length);
+  });
+
+  it('drops the raw ID token from a session too large with it, and refuses one too large without', async () => {
+    const groups = (n: number) => copyClaims({ sub: 'alice', groups: Array.from({ length: n }, (_, i) => `g-${i}-${'x'.repeat(20)}`) });
+    const withToken = session({ idToken: 'h.'.padEnd(6000, 'p'), claims: groups(150) });
+    const lines = await store.save(withToken, new Map(), NOW);
+    const loaded = await createCookieSessionStore(SETTINGS, codec, copyClaims).load(sentBack(lines), NOW);
+    expect(loaded).toMatchObject({ subject: 'alice', idToken: undefined });
+    await expect(store.save(session({ claims: groups(1000) }), new Map(), NOW)).rejects.toThrow(RangeError);
   });
 
   it('treats a tampered, missing-chunk, duplicated, foreign-key or expired cookie as invalid, never throwing', async () => {
@@ -161,9 +170,9 @@ describe('revocations', () => {
     r.revokeProviderSession('corp', 'psid');
     expect(r.isRevoked(session({ id: 'sess-2' }))).toBe(true);
     expect(r.isRevoked(session({ id: 'sess-3', provider: 'other' }))).toBe(false);
-    r.revokeSubject('corp', 'bob', NOW + 10);
-    expect(r.isRevoked(session({ id: 's4', providerSid: undefined, subject: 'bob', startedAt: NOW + 10 }))).toBe(true);
-    // A sign-in after the logout is a new session of that user: not refused.
-    expect(r.isRevoked(session({ id: 's5', providerSid: undefined, subject: 'bob', startedAt: NOW + 11 }))).toBe(false);
+    r.revokeSubject('corp', 'bob', (NOW + 10) * 1000);
+    expect(r.isRevoked(session({ id: 's4', providerSid: undefined, subject: 'bob', startedAtMs: (NOW + 10) * 1000 }))).toBe(true);
+    // A sign-in after the logout is a new session of that user, even within the same second: not refused.
+    expect(r.isRevoked(session({ id: 's5', providerSid: undefined, subject: 'bob', startedAtMs: (NOW + 10) * 1000 + 1 }))).toBe(false);
   });
 });
