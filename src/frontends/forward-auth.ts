@@ -67,7 +67,14 @@ export function createForwardAuthDoor(options: HttpCheckDoorOptions & { readonly
       // reach the app unless the proxy overwrites it, so the engine refuses such requests.
       removesHeaders: false,
       translate: (check) => original(check, options.signInPrefix),
-      allowHeaders: (changes) => ({ ...changes.set }),
+      allowHeaders(changes, headers) {
+        const cookie = headers['cookie'];
+        if (cookie === undefined) return changes.set;
+        // The proxy cannot be told to remove a header, only to copy one: the Cookie header the application
+        // may see (without the sidecar's and token cookies) is always in the answer, empty when nothing is
+        // left (nginx `proxy_set_header Cookie $authz_cookie` then sends none).
+        return { ...changes.set, cookie: changes.set['cookie'] ?? (changes.remove.includes('cookie') ? '' : cookie.join('; ')) };
+      },
     },
     options,
   );

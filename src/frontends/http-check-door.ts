@@ -28,8 +28,8 @@ export interface CheckDoor {
   readonly removesHeaders: boolean;
   /** The original request, or why it cannot be read (answered with 400). */
   translate(check: { readonly method: string; readonly url: string; readonly headers: HeaderMap }): OriginalRequest | { readonly error: string };
-  /** Headers of the 200 answer on allow. */
-  allowHeaders(changes: UpstreamChanges): Readonly<Record<string, string>>;
+  /** Headers of the 200 answer on allow; `headers` are the check request's. */
+  allowHeaders(changes: UpstreamChanges, headers: HeaderMap): Readonly<Record<string, string>>;
 }
 
 export interface HttpCheckDoorOptions {
@@ -73,7 +73,7 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
     });
     options.observe(decision, started);
     if (decision.outcome === 'allow') {
-      const allow = door.allowHeaders(decision.upstream);
+      const allow = door.allowHeaders(decision.upstream, headers);
       const toClient = decision.answer.headers;
       // A refreshed session's Set-Cookie rides on the 200 (Envoy: allowed_client_headers_on_success; nginx:
       // auth_request_set + add_header).
@@ -81,9 +81,10 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
     }
     if (decision.outcome === 'signIn' && decision.answer.status === 200 && original.direct !== true) {
       // A check answered 200 is an allow: the proxy would pass the request on to the application. A sign-in
-      // page (userinfo, the provider chooser) answered as a check goes out as 203, which Envoy relays to
-      // the browser as the denied response and which browsers and fetch() read as a success.
-      return sendAnswer(reply, { ...decision.answer, status: 203 });
+      // page (userinfo, the provider chooser) answered as a check goes out as 203, an empty one (the
+      // back-channel logout's) as 204, which Envoy relays to the client as the denied response and which
+      // browsers, fetch() and providers (Back-Channel Logout 1.0 §2.8) read as a success.
+      return sendAnswer(reply, { ...decision.answer, status: decision.answer.body === '' ? 204 : 203 });
     }
     return sendAnswer(reply, decision.answer);
   }
