@@ -78,6 +78,10 @@ export interface SignInProviderOptions {
   sessionTtlSeconds?: number;
   /** refresh tokens stay valid after the provider session ends (default false: they die with it) */
   refreshTokensOutliveSession?: boolean;
+  /** false: no refresh tokens at all (the code grant answers without one); default true */
+  refreshTokens?: boolean;
+  /** false: no RP-initiated logout (discovery has no end_session_endpoint); default true */
+  endSession?: boolean;
 }
 
 /** One request as seen by the node:http server; no header values. */
@@ -311,7 +315,7 @@ export async function startSignInProvider(options: SignInProviderOptions): Promi
       };
     },
     pkce: { required: () => true },
-    issueRefreshToken: (_ctx: unknown, client: OidcClient) => client.grantTypeAllowed('refresh_token'),
+    issueRefreshToken: (_ctx: unknown, client: OidcClient) => options.refreshTokens !== false && client.grantTypeAllowed('refresh_token'),
     expiresWithSession: () => options.refreshTokensOutliveSession !== true,
     ttl: {
       AccessToken: ttl.access,
@@ -324,7 +328,7 @@ export async function startSignInProvider(options: SignInProviderOptions): Promi
     },
     features: {
       devInteractions: { enabled: true },
-      rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
+      rpInitiatedLogout: { enabled: options.endSession !== false, logoutSource, postLogoutSuccessSource },
       backchannelLogout: { enabled: true },
     },
     // oidc-provider's fetch for outgoing requests (back-channel logout here). Its SSRF guard (the dispatcher it
@@ -412,7 +416,7 @@ export async function startSignInProvider(options: SignInProviderOptions): Promi
     authorizationEndpoint: provider.urlFor('authorization'),
     tokenEndpoint: provider.urlFor('token'),
     jwksUri: provider.urlFor('jwks'),
-    endSessionEndpoint: provider.urlFor('end_session'),
+    endSessionEndpoint: options.endSession === false ? '' : provider.urlFor('end_session'),
     currentKid: signingKey.kid,
     get requestLog() {
       return requestLog;
