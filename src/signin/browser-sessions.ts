@@ -78,6 +78,8 @@ function safeText(value: unknown): string {
 function isUnreachable(err: unknown): boolean {
   if (err instanceof client.ResponseBodyError) return err.status >= 500 || err.status === 429;
   if (err instanceof client.AuthorizationResponseError) return false;
+  // A 401 with a challenge (invalid_client): the provider refuses us, it is not down.
+  if (err instanceof client.WWWAuthenticateChallengeError) return err.status >= 500;
   if (err instanceof client.ClientError) {
     switch (err.code) {
       case 'OAUTH_TIMEOUT':
@@ -367,7 +369,7 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     try {
       lines = [...clear, ...(await store.save(session, cookies, t))];
     } catch (err) {
-      // A session too large for eight cookie chunks.
+      // A session too large for the cookie chunks (MAX_CHUNKS), even without the raw ID token.
       return fail('SIGNIN_FAILED', `the session cannot be stored: ${safeText(err instanceof Error ? err.message : err)}`);
     }
     events.signIn?.(provider.name, 'success');
