@@ -107,10 +107,17 @@ export async function startSidecar(config: Config, options: Omit<EngineBuildOpti
         refresh: (provider, result) => metrics.sessionRefreshes.inc({ provider, result }),
         logout: (kind) => metrics.logouts.inc({ kind }),
         providerFailed: (provider, what, error) => logger.warn({ provider, error: error.message }, `sign-in provider ${what} failed`),
+        revocationsOverflow: () => logger.error('more session revocations than memory holds: every session started until now is refused, and everyone signs in again'),
       },
     },
   });
   metrics.setPolicy(authorizer.current().sha256);
+  if (config.signIn?.session.store === 'cookie') {
+    // Sign-out and back-channel logout are remembered by this process only.
+    logger.warn(
+      'signIn uses the cookie store: a signed-out or back-channel-logged-out session is refused by this replica only (and not after a restart); with several replicas, keep access tokens short so that refreshes end such sessions everywhere',
+    );
+  }
   const observe = createDecisionObserver({ level: config.logging.decisions, logger, metrics });
 
   async function reload(): Promise<ReloadResult> {

@@ -153,7 +153,11 @@ const requestField = z
 /** An allowed redirect host: `app.example.com[:port]` (that host) or `.example.com` (its subdomains). */
 const redirectHost = z
   .string()
-  .regex(/^(\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?|\[[0-9a-f:.]+\](:\d{1,5})?)$/i, 'must be a host (app.example.com, app.example.com:8443) or .example.com for its subdomains')
+  .regex(
+    /^([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?|\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+|\[[0-9a-f:.]+\](:\d{1,5})?)$/i,
+    'must be a host (app.example.com, app.example.com:8443) or .example.com for its subdomains (on the default port)',
+  )
+  .refine((h) => !/:(443|80)$/.test(h), 'must not name the default port (write the host alone: the URL a browser sends has none)')
   .transform((s) => s.toLowerCase());
 
 const signInProvider = z.strictObject({

@@ -107,7 +107,9 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       onFailure(kind, error) {
         logger.warn({ requestId: decision.requestId, upstreamError: error.message }, 'upstream request failed');
         const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
-        answer(problemAnswer(code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', decision.requestId));
+        // A session refreshed for this request still reaches the browser: its old cookie's refresh token
+        // may be spent already.
+        answer(problemAnswer(code, kind === 'timeout' ? 'the application did not answer in time' : 'the application is not reachable', decision.requestId, decision.answer.headers));
       },
     };
   }
@@ -143,9 +145,9 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     // The canonical path, with the query exactly as received minus token parameters.
     const path = query === undefined || query === '' ? target.path : `${target.path}?${query}`;
     const headers = upstreamHeaders(raw, decision);
+    const added = decision.answer.headers;
     if (upgrade === undefined) {
       const res = reply.raw;
-      const added = decision.answer.headers;
       forwarder.forward(
         { method: raw.method ?? 'GET', path, headers, raw, ...(Object.keys(added).length === 0 ? {} : { addToResponse: added }) },
         res,
@@ -154,7 +156,10 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       return undefined;
     }
     // The handshake headers (Sec-WebSocket-*) go as the client sent them; undici sets Connection and Upgrade.
-    forwarder.upgrade({ path, headers, socket: upgrade.socket, head: upgrade.head }, callbacks(decision, (a) => writeAnswer(reply.raw, a)));
+    forwarder.upgrade(
+      { path, headers, socket: upgrade.socket, head: upgrade.head, ...(Object.keys(added).length === 0 ? {} : { addToResponse: added }) },
+      callbacks(decision, (a) => writeAnswer(reply.raw, a)),
+    );
     return undefined;
   }
 

@@ -20,15 +20,27 @@ import type { ReasonCode } from '../core/errors.js';
 import { claimAt, copyClaims, type Claims, type ClaimValue } from '../core/identity.js';
 import type { BrowserSessions, IdentityMapper, RouteAnswer, SessionResult } from '../core/stages.js';
 import { createCookieCodec } from './cookie-codec.js';
-import { createCookieSessionStore, createStateCookies, isOwnCookie, parseCookies, randomId, type CookieSettings, type RequestCookies, type SessionData } from './cookie-store.js';
+import {
+  createCookieSessionStore,
+  createStateCookies,
+  isOwnCookie,
+  MAX_STORED_RETURN_URL,
+  parseCookies,
+  randomId,
+  type CookieSettings,
+  type RequestCookies,
+  type SessionData,
+} from './cookie-store.js';
 import { createLogoutTokenVerifier } from './logout-token.js';
 import { csrfRefusal, redirectsToSignIn } from './navigation.js';
 import { createSignInProvider, type SignInProvider } from './providers.js';
 import { checkReturnUrl, type ReturnUrlPolicy } from './return-url.js';
 import { createRevocations } from './revocations.js';
 
-/** The largest back-channel logout request body read. */
-export const LOGOUT_BODY_LIMIT = 64 * 1024;
+/** The largest back-channel logout request body read (a logout token is 1-2 KB). */
+export const LOGOUT_BODY_LIMIT = 8 * 1024;
+/** Back-channel logout bodies read at once; more are refused (503) rather than buffered. */
+export const MAX_LOGOUT_READS = 16;
 /** A refresh's outcome is shared this long by requests that bring the same (old) session. */
 const REFRESH_SHARED_MS = 60_000;
 /** Protocol claims of the ID token not kept in the session (they describe the token, not the person). */
@@ -39,6 +51,8 @@ export interface SignInEvents {
   readonly refresh?: (provider: string, result: 'success' | 'failure' | 'ended') => void;
   readonly logout?: (kind: 'user' | 'backchannel') => void;
   readonly providerFailed?: (provider: string, what: string, error: Error) => void;
+  /** More revocations than memory holds: every session started until now is refused (all sign in again). */
+  readonly revocationsOverflow?: () => void;
 }
 
 export interface BrowserSessionsOptions {
@@ -59,6 +73,11 @@ export interface BrowserSessionsOptions {
 type Refreshed = { readonly kind: 'ok'; readonly session: SessionData } | { readonly kind: 'ended'; readonly why: string } | { readonly kind: 'unreachable' };
 
 const NO_HEADERS: AnswerHeaders = Object.freeze({});
+/**
+ * On every answer of a sign-in route: never cached, never sniffed into another type, and no Referer from
+ * its pages (the callback URL holds the code and state).
+ */
+const ROUTE_HEADERS = Object.freeze({ 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' });
 const NONE: SessionResult = Object.freeze({ kind: 'none', headers: NO_HEADERS });
 
 function html(text: string): string {
@@ -106,11 +125,11 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
   const events = options.events ?? {};
   const prefix = config.prefix;
   const callbackUrl = new URL(config.callbackUrl);
-  const settings: CookieSettings = { name: config.cookie.name, secure: config.cookie.secure, sameSite: config.cookie.sameSite, domain: config.cookie.domain };
+  const settings: CookieSettings = { name: config.cookie.name, secure: config.cookie.secure, sameSite: config.cookie.sameSite, domain: config.cookie.domain, prefix };
   const codec = createCookieCodec(options.secrets);
   const store = createCookieSessionStore(settings, codec, copyClaims);
   const states = createStateCookies(settings, codec);
-  const revocations = createRevocations(config.session.maxAgeSeconds);
+  const revocations = createRevocations(config.session.maxAgeSeconds, { now: () => nowMs(), onOverflow: () => events.revocationsOverflow?.() });
   const logoutTokens = createLogoutTokenVerifier({ now: () => new Date(now() * 1000) });
   const returnPolicy: ReturnUrlPolicy = { callbackHost: callbackUrl.host.toLowerCase(), allowedHosts: config.allowedRedirectHosts, allowHttp: !config.cookie.secure };
   const providers = new Map<string, SignInProvider>(
@@ -124,13 +143,13 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
   // ---- answers ----------------------------------------------------------------------------------------
 
   function answer(reason: ReasonCode, detail: string, status: number, headers: AnswerHeaders, body = ''): RouteAnswer {
-    return { reason, detail, answer: { status, headers: { 'cache-control': 'no-store', ...headers }, body } };
+    return { reason, detail, answer: { status, headers: { ...ROUTE_HEADERS, ...headers }, body } };
   }
   function redirect(location: string, cookies: readonly string[], detail: string): RouteAnswer {
     return answer('SIGNIN_REDIRECT', detail, 302, cookies.length === 0 ? { location } : { location, 'set-cookie': [...cookies] });
   }
   function refuse(reason: ReasonCode, detail: string, requestId: string, cookies: readonly string[] = []): RouteAnswer {
-    const a = problemAnswer(reason, detail, requestId, { 'cache-control': 'no-store', ...(cookies.length === 0 ? {} : { 'set-cookie': [...cookies] }) });
+    const a = problemAnswer(reason, detail, requestId, { ...ROUTE_HEADERS, ...(cookies.length === 0 ? {} : { 'set-cookie': [...cookies] }) });
     return { reason, detail, answer: a };
   }
   function page(body: string, contentType: string, detail: string, cookies: readonly string[] = []): RouteAnswer {
@@ -171,12 +190,20 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
         return { kind: 'ended', why: 'the refreshed ID token names another issuer or subject' };
       }
       const expiresIn = tokens.expiresIn();
+      // A refreshed ID token replaces the claims (a role taken away at the provider goes with the next
+      // refresh), with userinfo fetched again when configured; without one they stay.
+      let claims = session.claims;
+      if (idClaims !== undefined) {
+        let extra: Record<string, unknown> | undefined;
+        if (provider.userinfo) extra = await client.fetchUserInfo(configuration, tokens.access_token, idClaims.sub);
+        claims = claimsOf(idClaims, extra, tokens.scope ?? (typeof session.claims['scope'] === 'string' ? session.claims['scope'] : undefined));
+      }
       events.refresh?.(provider.name, 'success');
       return {
         kind: 'ok',
         session: {
           ...session,
-          claims: idClaims === undefined ? session.claims : claimsOf({ ...session.claims, ...idClaims }, undefined, tokens.scope),
+          claims,
           accessToken: tokens.access_token,
           accessTokenExpiresAt: expiresIn === undefined ? undefined : now() + expiresIn,
           refreshToken: tokens.refresh_token ?? session.refreshToken,
@@ -291,7 +318,9 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       code_challenge_method: 'S256',
     });
     const cookies = parseCookies(request.headers['cookie']);
-    const lines = await states.begin({ state, nonce, verifier, provider: provider.name, returnTo: rd.location, createdAt: now() }, cookies, now());
+    // A very long return URL is not kept (five pending sign-ins must stay small): the sign-in ends on `/`.
+    const returnTo = rd.location.length > MAX_STORED_RETURN_URL ? '/' : rd.location;
+    const lines = await states.begin({ state, nonce, verifier, provider: provider.name, returnTo, createdAt: now() }, cookies, now());
     return redirect(url.href, lines, `sign-in started at ${provider.name}`);
   }
 
@@ -389,8 +418,17 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     const rd = checkReturnUrl(rdParam ?? config.postLogoutRedirect, returnPolicy);
     if (!rd.ok) return refuse('SIGNIN_FAILED', `the return URL is refused: ${rd.reason}`, id);
     if (request.method === 'POST') {
-      const csrf = csrfRefusal(request.method, request.headers, requestOrigin(request), config.allowedRedirectHosts);
+      const csrf = csrfRefusal(request.method, request.headers, requestOrigin(request), config.allowedRedirectHosts, callbackUrl.protocol);
       if (csrf !== undefined) return refuse('CSRF_REJECTED', csrf, id);
+    } else {
+      const site = request.headers['sec-fetch-site']?.[0]?.toLowerCase();
+      if (site !== undefined && site !== 'same-origin' && site !== 'none') {
+        // A GET from another site (a link, an image) does not sign anyone out by itself: the person confirms,
+        // with a same-origin POST.
+        const action = `${prefix}/sign-out?${new URLSearchParams({ rd: rd.location }).toString()}`;
+        const body = `<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Sign out</title></head><body><form method="post" action="${html(action)}"><button type="submit">Sign out</button></form></body></html>\n`;
+        return page(body, 'text/html; charset=utf-8', 'sign-out to confirm');
+      }
     }
     const cookies = parseCookies(request.headers['cookie']);
     const loaded = await store.load(cookies, now());
@@ -441,9 +479,17 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     return page(body, 'application/json', 'the session', found.cookies);
   }
 
+  let logoutReads = 0;
   async function backchannelLogout(request: AccessRequest): Promise<RouteAnswer> {
     const id = request.requestId;
-    const body = await request.readBody?.(LOGOUT_BODY_LIMIT);
+    if (logoutReads >= MAX_LOGOUT_READS) return refuse('SIGNIN_UNAVAILABLE', 'too many back-channel logouts at once', id);
+    logoutReads++;
+    let body: string | undefined;
+    try {
+      body = await request.readBody?.(LOGOUT_BODY_LIMIT);
+    } finally {
+      logoutReads--;
+    }
     if (body === undefined) return refuse('SIGNIN_FAILED', 'the logout request has no readable form body', id);
     const token = param(body, 'logout_token');
     if (typeof token !== 'string' || token === '') return refuse('SIGNIN_FAILED', 'the request has no single logout_token', id);
@@ -494,7 +540,10 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       const cookies = parseCookies(request.headers['cookie']);
       // CSRF before anything else: a cross-site unsafe request never gets to use (or refresh) the session.
       if (cookies.size > 0 && [...cookies.keys()].some((n) => n === settings.name || n.startsWith(`${settings.name}.`))) {
-        const csrf = csrfRefusal(request.method, request.headers, requestOrigin(request), config.allowedRedirectHosts);
+        // A WebSocket handshake is checked like an unsafe request: browsers send its Origin, and SameSite
+        // alone does not stop a sibling site (cross-site WebSocket hijacking).
+        const method = request.headers['upgrade'] !== undefined ? 'UPGRADE' : request.method;
+        const csrf = csrfRefusal(method, request.headers, requestOrigin(request), config.allowedRedirectHosts, callbackUrl.protocol);
         if (csrf !== undefined) return { kind: 'failed', reason: 'CSRF_REJECTED', detail: csrf, headers: NO_HEADERS };
       }
       const found = await current(request, cookies);

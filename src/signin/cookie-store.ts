@@ -13,6 +13,8 @@ import { isCookieOf, joinFromCookies, MAX_CHUNK_LENGTH, MAX_CHUNKS, splitIntoCoo
 export const STATE_COOKIE_SECONDS = 600;
 /** At most this many pending sign-ins per browser; a new one drops the oldest. */
 export const MAX_STATE_COOKIES = 5;
+/** A return URL longer than this is not kept in a state cookie (the sign-in ends on `/`): five must stay small. */
+export const MAX_STORED_RETURN_URL = 512;
 
 /** What a session holds, wherever it is stored. Never logged. */
 export interface SessionData {
@@ -52,6 +54,8 @@ export interface CookieSettings {
   readonly secure: boolean;
   readonly sameSite: 'lax' | 'strict';
   readonly domain: string;
+  /** The sign-in routes' prefix: the path of the state cookies, so that requests to the app never carry them. */
+  readonly prefix: string;
 }
 
 /** A request's cookies by name; a name sent twice (a cookie tossed in from a sibling domain) maps to undefined. */
@@ -72,20 +76,41 @@ export function parseCookies(lines: readonly string[] | undefined): RequestCooki
 }
 
 /** `Set-Cookie` with the sidecar's attributes; Max-Age 0 clears. */
-export function setCookie(settings: CookieSettings, name: string, value: string, maxAgeSeconds: number, sameSite: 'lax' | 'strict' = settings.sameSite): string {
-  let line = `${name}=${value}; Path=/; Max-Age=${Math.max(0, Math.floor(maxAgeSeconds))}; HttpOnly; SameSite=${sameSite === 'strict' ? 'Strict' : 'Lax'}`;
+export function setCookie(
+  settings: CookieSettings,
+  name: string,
+  value: string,
+  maxAgeSeconds: number,
+  sameSite: 'lax' | 'strict' = settings.sameSite,
+  path = '/',
+): string {
+  let line = `${name}=${value}; Path=${path}; Max-Age=${Math.max(0, Math.floor(maxAgeSeconds))}; HttpOnly; SameSite=${sameSite === 'strict' ? 'Strict' : 'Lax'}`;
   if (settings.secure) line += '; Secure';
   if (settings.domain !== '') line += `; Domain=${settings.domain}`;
   return line;
 }
 
-/** The state cookie names: `<name>-s-<first 16 characters of the state>`. */
+/**
+ * The state cookies' name stem: the session cookie's name, with `__Host-` made `__Secure-` (a `__Host-`
+ * cookie must have Path=/, and state cookies live under the prefix only).
+ */
+function stateStem(settings: CookieSettings): string {
+  const base = settings.name.startsWith('__Host-') ? `__Secure-${settings.name.slice('__Host-'.length)}` : settings.name;
+  return `${base}-s-`;
+}
+
+/** The state cookie names: `<stem><first 16 characters of the state>`. */
 function stateCookieName(settings: CookieSettings, state: string): string {
-  return `${settings.name}-s-${state.slice(0, 16)}`;
+  return `${stateStem(settings)}${state.slice(0, 16)}`;
 }
 
 function isStateCookie(settings: CookieSettings, name: string): boolean {
-  return name.startsWith(`${settings.name}-s-`);
+  return name.startsWith(stateStem(settings));
+}
+
+/** The path of the state cookies: the sign-in routes only (start sees them to drop the oldest, callback to finish). */
+function statePath(settings: CookieSettings): string {
+  return `${settings.prefix}/`;
 }
 
 /** Whether a cookie is one of the sidecar's own (session, its chunks, state cookies): never forwarded. */
@@ -186,8 +211,11 @@ export function createCookieSessionStore(settings: CookieSettings, codec: Cookie
         if (v === undefined) return 'invalid';
         joined.set(n, v);
       }
+      // The whole cookie beside chunks (one of them tossed in), or chunks past those joined: no session.
+      if (joined.has(settings.name) && names.length > 1) return 'invalid';
       const sealed = joinFromCookies(settings.name, joined);
       if (sealed === undefined) return 'invalid';
+      if (!joined.has(settings.name) && names.some((n) => Number(n.slice(settings.name.length + 1)) >= names.length)) return 'invalid';
       const known = opened.get(sealed);
       if (known !== undefined) return known.expiresAt > now ? known : 'invalid';
       const payload = await codec.open(sealed, new Date(now * 1000));
@@ -245,20 +273,20 @@ export function createStateCookies(settings: CookieSettings, codec: CookieCodec)
         if (!isStateCookie(settings, name)) continue;
         const p = await open(value, now);
         // An expired or broken state cookie is cleared at once.
-        if (p === undefined) lines.push(setCookie(settings, name, '', 0, 'lax'));
+        if (p === undefined) lines.push(setCookie(settings, name, '', 0, 'lax', statePath(settings)));
         else existing.push({ name, createdAt: p.createdAt });
       }
       existing.sort((a, b) => a.createdAt - b.createdAt);
-      while (existing.length >= MAX_STATE_COOKIES) lines.push(setCookie(settings, (existing.shift() as { name: string }).name, '', 0, 'lax'));
+      while (existing.length >= MAX_STATE_COOKIES) lines.push(setCookie(settings, (existing.shift() as { name: string }).name, '', 0, 'lax', statePath(settings)));
       const sealed = await codec.seal(pending as unknown as Record<string, unknown>, now + STATE_COOKIE_SECONDS);
       // Lax whatever the session's SameSite: the provider sends the browser back with a cross-site navigation.
-      lines.push(setCookie(settings, stateCookieName(settings, pending.state), sealed, STATE_COOKIE_SECONDS, 'lax'));
+      lines.push(setCookie(settings, stateCookieName(settings, pending.state), sealed, STATE_COOKIE_SECONDS, 'lax', statePath(settings)));
       return lines;
     },
     async take(state, cookies, now) {
       const name = stateCookieName(settings, state);
       const pending = await open(cookies.get(name), now);
-      const clear = cookies.has(name) ? [setCookie(settings, name, '', 0, 'lax')] : [];
+      const clear = cookies.has(name) ? [setCookie(settings, name, '', 0, 'lax', statePath(settings))] : [];
       // The whole state must match, not only the part in the cookie's name.
       return { pending: pending?.state === state ? pending : undefined, clear };
     },

@@ -13,6 +13,8 @@ import { LRUCache } from 'lru-cache';
 export const BACKCHANNEL_LOGOUT_EVENT = 'http://schemas.openid.net/event/backchannel-logout';
 /** How long a logout token's `jti` is remembered against replays; older tokens (by `iat`) are refused. */
 export const LOGOUT_TOKEN_MAX_AGE_SECONDS = 300;
+/** How far the provider's clock may be ahead of (or behind) ours for `iat` and `exp`. */
+export const LOGOUT_TOKEN_CLOCK_TOLERANCE_SECONDS = 60;
 
 export interface LogoutTokenCheck {
   readonly issuer: string;
@@ -43,6 +45,8 @@ export function createLogoutTokenVerifier(options: { readonly now?: () => Date; 
           algorithms: check.algorithms.filter((a) => a !== 'none'),
           requiredClaims: ['iat', 'jti'],
           maxTokenAge: LOGOUT_TOKEN_MAX_AGE_SECONDS,
+          // The provider's clock may run a little ahead of ours: a logout must not be lost to that.
+          clockTolerance: LOGOUT_TOKEN_CLOCK_TOLERANCE_SECONDS,
           currentDate: now(),
         }));
       } catch (err) {

@@ -44,9 +44,9 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 /**
  * Why a session-authenticated request is refused as cross-site (403), or undefined when it may go on.
  * `origin` is the request's own origin (`https://host[:port]`); `allowedHosts` as in return URLs
- * (`app.example.com`, `.example.com` for subdomains).
+ * (`app.example.com`, `.example.com` for subdomains), on `scheme` (the callback URL's) only.
  */
-export function csrfRefusal(method: string, headers: HeaderMap, origin: string, allowedHosts: readonly string[]): string | undefined {
+export function csrfRefusal(method: string, headers: HeaderMap, origin: string, allowedHosts: readonly string[], scheme = 'https:'): string | undefined {
   if (SAFE_METHODS.has(method)) return undefined;
   const site = first(headers, 'sec-fetch-site')?.toLowerCase();
   if (site === 'cross-site') return 'a cross-site request may not use the session';
@@ -61,7 +61,8 @@ export function csrfRefusal(method: string, headers: HeaderMap, origin: string, 
   } catch {
     return 'the Origin is not this site';
   }
-  if (url.origin !== value || (url.protocol !== 'https:' && url.protocol !== 'http:')) return 'the Origin is not this site';
+  // An allowed host counts on this site's scheme only (an http page of it could be anyone's on the path).
+  if (url.origin !== value || url.protocol !== scheme) return 'the Origin is not this site';
   const hostname = url.hostname;
   for (const entry of allowedHosts.map((h) => h.toLowerCase())) {
     if (entry.startsWith('.') ? url.port === '' && hostname.length > entry.length && hostname.endsWith(entry) : url.host === entry) return undefined;

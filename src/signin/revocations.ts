@@ -21,13 +21,30 @@ export interface Revocations {
   isRevoked(session: SessionData): boolean;
 }
 
-export function createRevocations(maxAgeSeconds: number): Revocations {
-  const cache = new LRUCache<string, number>({ max: MAX_REVOCATIONS, ttl: maxAgeSeconds * 1000, ttlAutopurge: false });
+export function createRevocations(maxAgeSeconds: number, options: { readonly max?: number; readonly now?: () => number; readonly onOverflow?: () => void } = {}): Revocations {
+  const now = options.now ?? Date.now;
+  /**
+   * Sessions started up to this time are refused. A revocation is never forgotten while its session may
+   * live: when more revocations come than fit, the oldest is pushed out and every session started until
+   * now is refused instead (fail closed: everyone signs in again).
+   */
+  let floorMs = 0;
+  const cache = new LRUCache<string, number>({
+    max: options.max ?? MAX_REVOCATIONS,
+    ttl: maxAgeSeconds * 1000,
+    ttlAutopurge: false,
+    dispose: (_value, _key, reason) => {
+      if (reason !== 'evict') return;
+      floorMs = now();
+      options.onOverflow?.();
+    },
+  });
   return {
     revokeSession: (id) => void cache.set(`s\n${id}`, 0),
     revokeProviderSession: (provider, sid) => void cache.set(`p\n${provider}\n${sid}`, 0),
     revokeSubject: (provider, subject, atMs) => void cache.set(`u\n${provider}\n${subject}`, atMs),
     isRevoked(session) {
+      if (session.startedAtMs <= floorMs) return true;
       if (cache.has(`s\n${session.id}`)) return true;
       if (session.providerSid !== undefined && cache.has(`p\n${session.provider}\n${session.providerSid}`)) return true;
       const at = cache.get(`u\n${session.provider}\n${session.subject}`);

@@ -3,12 +3,20 @@
  * and `serve` alike (a cookie secret under 32 bytes, an unreadable or empty client secret: an issue naming
  * its key). The sign-in modules (openid-client among them) load only when `signIn` is configured.
  */
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ConfigIssue } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { BrowserSessions, IdentityMapper } from '../core/stages.js';
 import type { SignInEvents } from './browser-sessions.js';
 import { MIN_COOKIE_SECRET_BYTES } from './cookie-codec.js';
+
+/**
+ * SHA-256 of the demo's cookie secret (policies/demo/cookie-secret): public, so anyone could seal a session
+ * with it. Accepted only with a loopback callback URL (the demo), refused for anything reachable.
+ */
+export const DEMO_COOKIE_SECRET_SHA256 = '17844c1aae5ec6d626ed8d0b80c2bdaa62fccdd327cac9fe61e7777a51ee827b';
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 export type SignInBuilder = (context: {
   readonly identity: IdentityMapper;
@@ -30,6 +38,8 @@ export async function prepareSignIn(config: Config, issues: ConfigIssue[], optio
       const trimmed = bytes.subarray(0, bytes.length - (bytes.at(-1) === 0x0a ? (bytes.at(-2) === 0x0d ? 2 : 1) : 0));
       if (trimmed.length < MIN_COOKIE_SECRET_BYTES) {
         issues.push({ path: what, message: `a cookie secret needs at least ${MIN_COOKIE_SECRET_BYTES} bytes, ${file} has ${trimmed.length} (openssl rand -base64 48 makes one)` });
+      } else if (createHash('sha256').update(trimmed).digest('hex') === DEMO_COOKIE_SECRET_SHA256 && !LOOPBACK_HOSTS.has(new URL(signIn.callbackUrl).hostname)) {
+        issues.push({ path: what, message: `${file} is the demo's public cookie secret: anyone can seal a session with it (openssl rand -base64 48 makes a real one)` });
       } else {
         secrets.push({ bytes: new Uint8Array(trimmed), what });
       }

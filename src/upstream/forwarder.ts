@@ -43,6 +43,8 @@ export interface UpgradeRequest {
   /** The client's socket, taken over from the HTTP server, and what it sent past the request head. */
   readonly socket: Duplex;
   readonly head: Buffer;
+  /** Headers added to the 101 (a refreshed session's Set-Cookie). */
+  readonly addToResponse?: Readonly<Record<string, string | readonly string[]>> | undefined;
 }
 
 export interface Forwarder {
@@ -214,7 +216,8 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
               return;
             }
             callbacks.onResponse?.(101);
-            client.write(switchingProtocols(answered));
+            // The 101 keeps its Connection and Upgrade; a refreshed session's Set-Cookie is added.
+            client.write(switchingProtocols(withAdded({ ...answered }, request.addToResponse) as Record<string, string | string[] | undefined>));
             if (request.head.length > 0) app.write(request.head);
             // Either side closing or failing ends both.
             app.on('error', () => client.destroy());

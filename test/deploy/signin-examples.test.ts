@@ -110,7 +110,7 @@ describe('deploy/traefik/dynamic.yaml', () => {
     expect(names).toEqual(expect.arrayContaining([DEFAULT_SESSION_COOKIE, ...chunks]));
     expect(names.every((n) => n === DEFAULT_SESSION_COOKIE || new RegExp(`^${DEFAULT_SESSION_COOKIE}\\.\\d$`).test(n))).toBe(true);
     expect(nginx).toMatch(/auth_request_set\s+\$authz_set_cookie\s+\$upstream_http_set_cookie;/);
-    expect(nginx).toMatch(/add_header\s+Set-Cookie\s+\$authz_set_cookie;/);
+    expect(nginx).toMatch(/add_header\s+Set-Cookie\s+\$authz_set_cookie\s+always;/);
   });
 
   it('removes the headers only the sidecar or the proxy may set, as nginx blanks them on its check', () => {
@@ -152,6 +152,6 @@ describe('deploy/istio/mesh-config.yaml: the ext_authz providers for sign-in', (
     ['HTTP', http],
     ['gRPC', grpc],
   ])('%s: the back-channel logout body goes with the check, up to what the sidecar reads', (_, provider) => {
-    expect(provider.includeRequestBodyInCheck).toEqual({ maxRequestBytes: LOGOUT_BODY_LIMIT, allowPartialMessage: false });
+    expect(provider.includeRequestBodyInCheck).toEqual({ maxRequestBytes: LOGOUT_BODY_LIMIT, allowPartialMessage: true });
   });
 });

@@ -17,7 +17,7 @@ import { renderShippedCaddyfile, startCaddy } from '../support/caddy.js';
 import { relayOptionsFromIstio, startEnvoyRelay, type EnvoyRelay } from '../support/envoy-relay.js';
 import { renderShippedNginxConf, startNginx } from '../support/nginx.js';
 import { confirmLogoutAtProvider, signInAtProvider, type BrowserPage, type ScriptedBrowser } from '../support/scripted-browser.js';
-import { COOKIE, startSignInEnv, type SignInEnv, type SignInEnvOptions } from '../support/signin-env.js';
+import { COOKIE, startSignInEnv, USERS, type SignInEnv, type SignInEnvOptions } from '../support/signin-env.js';
 import { freePort } from '../support/upstream.js';
 
 const ROOT = join(import.meta.dirname, '../..');
@@ -92,9 +92,9 @@ async function startFront(kind: FrontKind, options: Pick<SignInEnvOptions, 'prov
 }
 
 /** Opens PAGE without a session, signs in at the provider as alice, and returns the first hop and the end. */
-async function journey(front: Front, browser: ScriptedBrowser, path = PAGE): Promise<{ first: BrowserPage; page: BrowserPage }> {
+async function journey(front: Front, browser: ScriptedBrowser, path = PAGE, login = 'alice'): Promise<{ first: BrowserPage; page: BrowserPage }> {
   const first = await browser.get(`${front.origin}${path}`);
-  const { page } = await signInAtProvider(browser, first, { login: 'alice' });
+  const { page } = await signInAtProvider(browser, first, { login });
   return { first, page };
 }
 
@@ -129,9 +129,12 @@ function setCookies(answer: Answer): string[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v];
 }
 
+/** A user whose session needs two cookie chunks (many groups, as a real directory gives some people). */
+const BIG_USER = { big: { sub: 'user-big', roles: ['admin'], groups: Array.from({ length: 90 }, (_, i) => `directory-group-${String(i).padStart(3, '0')}-with-a-long-name`) } };
+
 const fronts = new Map<FrontKind, Front>();
 beforeAll(async () => {
-  const started = await Promise.all((['proxy', 'nginx', 'caddy', 'relay'] as const).map((k) => startFront(k)));
+  const started = await Promise.all((['proxy', 'nginx', 'caddy', 'relay'] as const).map((k) => startFront(k, { provider: { users: { ...USERS, ...BIG_USER } } })));
   for (const f of started) fronts.set(f.kind, f);
 });
 afterAll(async () => {
@@ -191,6 +194,23 @@ describe.each(['proxy', 'nginx', 'caddy', 'relay'] as const)('sign-in through th
     const anonymous = await send(`${f.origin}/public/a`, { headers: { cookie: 'app=2; theme=light' } });
     expect(anonymous.status).toBe(200);
     expect(f.env.upstream.requests.at(-1)?.headers.cookie).toBe('app=2; theme=light');
+  });
+
+  it("carries large cookies: a session of two chunks, and 6 KB of the app's own beside it", async () => {
+    const f = front(kind);
+    const browser = f.env.browser();
+    const { page } = await journey(f, browser, PAGE, 'big');
+    expect(page.status).toBe(200);
+    const chunks = browser.cookies.all().filter((c) => /^authz\.\d$/.test(c.name));
+    expect(chunks.length).toBe(2);
+    expect(f.env.upstream.requests.at(-1)?.headers['x-auth-subject']).toBe('user-big');
+    const appCookies = Array.from({ length: 6 }, (_, i) => `app${i}=${'v'.repeat(1000)}`).join('; ');
+    const session = chunks.map((c) => `${c.name}=${c.value}`).join('; ');
+    const big = await send(`${f.origin}/orders/10`, { headers: { ...NAVIGATION, cookie: `${appCookies}; ${session}` } });
+    expect(big.status).toBe(200);
+    const seen = f.env.upstream.requests.at(-1);
+    expect(seen?.headers['x-auth-subject']).toBe('user-big');
+    expect(seen?.headers.cookie).toBe(appCookies);
   });
 
   it('refuses a cross-site POST that brings the session (CSRF) with 403, and lets a same-origin one through', async () => {

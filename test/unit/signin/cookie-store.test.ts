@@ -14,7 +14,7 @@ import {
 } from '../../../src/signin/cookie-store.js';
 import { createRevocations } from '../../../src/signin/revocations.js';
 
-const SETTINGS: CookieSettings = { name: '__Host-authz', secure: true, sameSite: 'lax', domain: '' };
+const SETTINGS: CookieSettings = { name: '__Host-authz', secure: true, sameSite: 'lax', domain: '', prefix: '/.authz' };
 const NOW = 1_900_000_000;
 const codec = createCookieCodec([{ bytes: randomBytes(32), what: 'test' }]);
 
@@ -63,8 +63,10 @@ describe('cookies of the sidecar', () => {
   });
 
   it('knows its own cookies: the session, its chunks and state cookies, not look-alikes', () => {
-    for (const name of ['__Host-authz', '__Host-authz.0', '__Host-authz.7', '__Host-authz-s-abcdef']) expect(isOwnCookie(SETTINGS, name)).toBe(true);
-    for (const name of ['__Host-authzz', '__Host-authz.x', '__Host-authz.10', 'authz', 'session']) expect(isOwnCookie(SETTINGS, name)).toBe(false);
+    for (const name of ['__Host-authz', '__Host-authz.0', '__Host-authz.7', '__Secure-authz-s-abcdef']) expect(isOwnCookie(SETTINGS, name)).toBe(true);
+    for (const name of ['__Host-authzz', '__Host-authz.x', '__Host-authz.10', 'authz', 'session', '__Secure-authz']) expect(isOwnCookie(SETTINGS, name)).toBe(false);
+    const plain = { ...SETTINGS, name: 'authz', secure: false };
+    expect(isOwnCookie(plain, 'authz-s-abcdef')).toBe(true);
   });
 });
 
@@ -116,6 +118,9 @@ describe('the cookie session store', () => {
     // The remembered copy expires too.
     expect(await fresh.load(new Map([['__Host-authz', value]]), NOW + 3601)).toBe('invalid');
     expect(await fresh.load(new Map([['other', 'x']]), NOW)).toBeUndefined();
+    // A whole cookie beside chunks (one tossed in next to the other), or a chunk past the joined ones: no session.
+    expect(await fresh.load(new Map([['__Host-authz', value], ['__Host-authz.0', 'x']]), NOW)).toBe('invalid');
+    expect(await fresh.load(new Map([['__Host-authz.0', value], ['__Host-authz.2', 'x']]), NOW)).toBe('invalid');
   });
 
   it('clears every session cookie the request has', () => {
@@ -133,7 +138,8 @@ describe('state cookies of pending sign-ins', () => {
   it('are Lax and ten minutes whatever the session cookie says, and give back what was stored', async () => {
     const lines = await states.begin(pending('state-0123456789abcdef-rest'), new Map(), NOW);
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/^__Host-authz-s-state-0123456789=\S+; Path=\/; Max-Age=600; HttpOnly; SameSite=Lax; Secure$/);
+    // Under the prefix only (requests to the app never carry them), so not a __Host- cookie.
+    expect(lines[0]).toMatch(/^__Secure-authz-s-state-0123456789=\S+; Path=\/\.authz\/; Max-Age=600; HttpOnly; SameSite=Lax; Secure$/);
     const taken = await states.take('state-0123456789abcdef-rest', sentBack(lines), NOW + 10);
     expect(taken.pending).toMatchObject({ verifier: 'v', returnTo: '/x' });
     expect(taken.clear[0]).toMatch(/Max-Age=0/);
@@ -153,7 +159,7 @@ describe('state cookies of pending sign-ins', () => {
       const next = sentBack([...[...jar].map(([n, v]) => `${n}=${v ?? ''}`), ...lines]);
       jar = next;
     }
-    const names = [...jar.keys()].filter((n) => n.startsWith('__Host-authz-s-'));
+    const names = [...jar.keys()].filter((n) => n.startsWith('__Secure-authz-s-'));
     expect(names).toHaveLength(MAX_STATE_COOKIES);
     expect(names.some((n) => n.includes('state-00'))).toBe(false);
     expect(names.some((n) => n.includes('state-06'))).toBe(true);
@@ -161,6 +167,19 @@ describe('state cookies of pending sign-ins', () => {
 });
 
 describe('revocations', () => {
+  it('never forget a revocation silently: past the limit, every session started until then is refused', () => {
+    let clock = NOW * 1000;
+    let overflows = 0;
+    const r = createRevocations(3600, { max: 3, now: () => clock, onOverflow: () => overflows++ });
+    r.revokeSession('victim');
+    clock += 1000;
+    for (const id of ['a', 'b', 'c']) r.revokeSession(id);
+    expect(overflows).toBe(1);
+    expect(r.isRevoked(session({ id: 'victim', startedAtMs: NOW * 1000 }))).toBe(true);
+    expect(r.isRevoked(session({ id: 'other', startedAtMs: clock }))).toBe(true);
+    expect(r.isRevoked(session({ id: 'later', startedAtMs: clock + 1 }))).toBe(false);
+  });
+
   it('refuse a signed-out session, a provider sid, and a subject up to the logout time', () => {
     const r = createRevocations(3600);
     expect(r.isRevoked(session())).toBe(false);

@@ -80,3 +80,15 @@ describe('CSRF', () => {
     for (const m of ['POST', 'PUT', 'PATCH', 'DELETE']) expect(refuse(m, headers), m).toEqual(expect.any(String));
   });
 });
+
+describe('CSRF: allowed hosts on this site scheme only', () => {
+  const h = (entries: Array<[string, string]>) => headerMap(entries);
+  it('refuses an allowed host over http when the site is https, accepts it over https', () => {
+    expect(csrfRefusal('POST', h([['origin', 'http://api.example.com']]), 'https://orders.example.com', ['api.example.com'], 'https:')).toBe('the Origin is not this site');
+    expect(csrfRefusal('POST', h([['origin', 'https://api.example.com']]), 'https://orders.example.com', ['api.example.com'], 'https:')).toBeUndefined();
+  });
+  it('checks a WebSocket handshake like an unsafe request', () => {
+    expect(csrfRefusal('UPGRADE', h([['origin', 'https://evil.example']]), 'https://orders.example.com', [])).toBe('the Origin is not this site');
+    expect(csrfRefusal('UPGRADE', h([['origin', 'https://orders.example.com']]), 'https://orders.example.com', [])).toBeUndefined();
+  });
+});
