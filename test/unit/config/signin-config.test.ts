@@ -82,6 +82,8 @@ describe('signIn config', () => {
     [{ session: { maxAgeSeconds: 10 } }, 'signIn.session.maxAgeSeconds'],
     [{ unauthenticated: 'always' }, 'signIn.unauthenticated'],
     [{ allowedRedirectHosts: ['https://evil.com'] }, 'signIn.allowedRedirectHosts[0]: must be a host'],
+    [{ allowedRedirectHosts: ['app.example.com:443'] }, 'signIn.allowedRedirectHosts[0]: must not name the default port'],
+    [{ allowedRedirectHosts: ['.example.com:8443'] }, 'signIn.allowedRedirectHosts[0]: must be a host'],
     [{ postLogoutRedirect: '//evil.com' }, 'signIn.postLogoutRedirect: must be a path or an absolute URL on an allowed host'],
     [{ postLogoutRedirect: 'https://evil.com/' }, 'signIn.postLogoutRedirect: must be a path or an absolute URL on an allowed host'],
   ])('refuses %j naming the key', async (signIn, expected) => {
@@ -96,6 +98,14 @@ describe('signIn config', () => {
 });
 
 describe('prepareSignIn (validate and serve)', () => {
+  it("refuses the demo's public cookie secret unless the callback is on loopback", async () => {
+    const demo = join(import.meta.dirname, '../../../policies/demo/cookie-secret');
+    const reachable = await prepared({ cookie: { secretFiles: [demo] } });
+    expect(reachable.map((i) => i.path)).toEqual(['signIn.cookie.secretFiles[0]']);
+    expect(reachable[0]?.message).toMatch(/demo's public cookie secret/);
+    expect(await prepared({ callbackUrl: 'http://127.0.0.1:8080/.authz/callback', cookie: { name: 'authz', secure: false, secretFiles: [demo] } })).toEqual([]);
+  });
+
   async function prepared(signIn: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<ConfigIssue[]> {
     const { config, issues } = await load(signIn, extra);
     expect(issues).toEqual([]);
