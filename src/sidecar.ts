@@ -107,11 +107,16 @@ export async function startSidecar(config: Config, options: Omit<EngineBuildOpti
         refresh: (provider, result) => metrics.sessionRefreshes.inc({ provider, result }),
         logout: (kind) => metrics.logouts.inc({ kind }),
         providerFailed: (provider, what, error) => logger.warn({ provider, error: error.message }, `sign-in provider ${what} failed`),
+        storeState: (up, error) =>
+          up ? logger.info('the redis session store is connected') : logger.error({ error: error?.message }, 'the redis session store is unreachable: requests that need a session get 503 until it is back'),
         revocationsOverflow: () => logger.error('more session revocations than memory holds: every session started until now is refused, and everyone signs in again'),
       },
     },
   });
   metrics.setPolicy(authorizer.current().sha256);
+  if (config.signIn !== undefined) {
+    metrics.watchSessionStore(() => engine.readiness().sessionStore ?? { store: 'cookie', up: true });
+  }
   if (config.signIn?.session.store === 'cookie') {
     // Sign-out and back-channel logout are remembered by this process only.
     logger.warn(
@@ -145,11 +150,12 @@ export async function startSidecar(config: Config, options: Omit<EngineBuildOpti
   const admin = createAdminDoor({
     readiness: () => {
       const r = engine.readiness();
-      if (draining) return { ready: false, missing: ['shutting down', ...r.missing] };
+      const store = r.sessionStore === undefined ? {} : { sessionStore: r.sessionStore };
+      if (draining) return { ready: false, missing: ['shutting down', ...r.missing], ...store };
       // The admin listener starts first: not ready until every front door listens too.
       const waiting = started ? doors.filter((d) => !d.door.ready()).map((d) => `front door ${d.door.name}`) : ['front doors starting'];
       const missing = [...waiting, ...r.missing];
-      return { ready: missing.length === 0, missing };
+      return { ready: missing.length === 0, missing, ...store };
     },
     policySha256: () => authorizer.current().sha256,
     metrics,

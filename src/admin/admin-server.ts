@@ -27,6 +27,8 @@ export function createAdminDoor(options: AdminOptions): FrontDoor {
     return reply.code(readiness.ready ? 200 : 503).send({
       status: readiness.ready ? 'ready' : 'not ready',
       missing: readiness.missing,
+      // The session store: a store that is down leaves the sidecar ready (bearer and anonymous traffic go on).
+      ...(readiness.sessionStore === undefined ? {} : { sessionStore: readiness.sessionStore }),
       ...(options.policySha256 ? { policySha256: options.policySha256() } : {}),
     });
   });

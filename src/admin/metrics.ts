@@ -19,6 +19,8 @@ export interface Metrics {
   readonly signIns: Counter<'provider' | 'result'>;
   readonly sessionRefreshes: Counter<'provider' | 'result'>;
   readonly logouts: Counter<'kind'>;
+  /** Reports authz_sidecar_session_store_up{store} from `status` at every scrape (with signIn only). */
+  watchSessionStore(status: () => { readonly store: string; readonly up: boolean }): void;
   /** Sets authz_sidecar_policy_info{sha256} to 1 for the serving policy (and drops the old series). */
   setPolicy(sha256: string): void;
 }
@@ -61,6 +63,19 @@ export function createMetrics(): Metrics {
       registers: [registry],
     }),
     logouts: new Counter({ name: 'authz_sidecar_logout_total', help: 'Sessions ended by kind (user: sign-out | backchannel: the provider)', labelNames: ['kind'], registers: [registry] }),
+    watchSessionStore(status) {
+      new Gauge({
+        name: 'authz_sidecar_session_store_up',
+        help: 'Whether the browser session store answers (1) or not (0), by store (cookie | redis)',
+        labelNames: ['store'],
+        registers: [registry],
+        collect() {
+          const s = status();
+          this.reset();
+          this.set({ store: s.store }, s.up ? 1 : 0);
+        },
+      });
+    },
     setPolicy(sha256: string): void {
       policyInfo.reset();
       policyInfo.set({ sha256 }, 1);

@@ -137,3 +137,5 @@ export const DEFAULT_REFRESH_BEFORE_SECONDS = 60;
 export const DEFAULT_UNAUTHENTICATED = 'auto';
 /** `signIn.postLogoutRedirect`. */
 export const DEFAULT_POST_LOGOUT_REDIRECT = '/';
+/** `signIn.session.redis.keyPrefix`: every key the redis session store writes starts with it. */
+export const DEFAULT_REDIS_KEY_PREFIX = 'authz-sidecar:';

@@ -197,6 +197,11 @@ export async function validateConfig(
       provider.clientSecretFile = resolvePath(base, provider.clientSecretFile);
       files.push([`signIn.providers[${i}].clientSecretFile`, provider.clientSecretFile]);
     });
+    const redis = signIn.session.redis;
+    if (redis?.passwordFile !== undefined) {
+      redis.passwordFile = resolvePath(base, redis.passwordFile);
+      files.push(['signIn.session.redis.passwordFile', redis.passwordFile]);
+    }
     signIn.cookie.secretFiles = signIn.cookie.secretFiles.map((f, i) => {
       const path = resolvePath(base, f);
       files.push([`signIn.cookie.secretFiles[${i}]`, path]);

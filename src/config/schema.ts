@@ -47,6 +47,7 @@ import {
   DEFAULT_REFRESH_BEFORE_SECONDS,
   DEFAULT_UNAUTHENTICATED,
   DEFAULT_POST_LOGOUT_REDIRECT,
+  DEFAULT_REDIS_KEY_PREFIX,
   HMAC_ALGORITHMS,
 } from './defaults.js';
 import { checkReturnUrl } from '../signin/return-url.js';
@@ -195,6 +196,22 @@ const signIn = z
     session: z
       .strictObject({
         store: z.enum(['cookie', 'redis']).default('cookie'),
+        redis: z
+          .strictObject({
+            url: z.string().superRefine((u, ctx) => {
+              let url: URL;
+              try {
+                url = new URL(u);
+              } catch {
+                ctx.addIssue({ code: 'custom', message: 'must be a redis:// or rediss:// URL' });
+                return;
+              }
+              if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') ctx.addIssue({ code: 'custom', message: 'must be a redis:// or rediss:// URL (rediss: TLS)' });
+            }),
+            passwordFile: z.string().min(1).optional(),
+            keyPrefix: z.string().max(64).default(DEFAULT_REDIS_KEY_PREFIX),
+          })
+          .optional(),
         maxAgeSeconds: z.number().int().min(60).max(30 * 86_400).default(DEFAULT_SESSION_MAX_AGE_SECONDS),
         refreshBeforeSeconds: z.number().int().min(0).max(3600).default(DEFAULT_REFRESH_BEFORE_SECONDS),
       })
@@ -233,8 +250,11 @@ const signIn = z
     if (s.cookie.name.startsWith('__Secure-') && !s.cookie.secure) {
       ctx.addIssue({ code: 'custom', path: ['cookie', 'name'], message: 'a __Secure- cookie needs secure: true' });
     }
-    if (s.session.store === 'redis') {
-      ctx.addIssue({ code: 'custom', path: ['session', 'store'], message: 'the redis store is not in this release yet; use cookie' });
+    if (s.session.store === 'redis' && s.session.redis === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['session', 'redis'], message: 'required with store: redis (url, passwordFile, keyPrefix)' });
+    }
+    if (s.session.store === 'cookie' && s.session.redis !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['session', 'redis'], message: 'only with store: redis' });
     }
     const names = new Set<string>();
     s.providers.forEach((p, i) => {

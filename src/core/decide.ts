@@ -40,6 +40,8 @@ export interface DecisionEngineOptions {
 export interface Readiness {
   readonly ready: boolean;
   readonly missing: readonly string[];
+  /** The browser session store (with `signIn`): reported, never a reason to be unready. */
+  readonly sessionStore?: { readonly store: 'cookie' | 'redis'; readonly up: boolean } | undefined;
 }
 
 /** The engine's whole public surface: doors call decide() and render the Decision. */
@@ -345,7 +347,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     decide,
     readiness(): Readiness {
       const missing = [...authenticators.flatMap((a) => a.missing()), ...authorizer.missing(), ...(sessions?.missing() ?? [])];
-      return { ready: missing.length === 0, missing };
+      return { ready: missing.length === 0, missing, ...(sessions === undefined ? {} : { sessionStore: sessions.status() }) };
     },
     close(): void {
       for (const a of authenticators) a.close();

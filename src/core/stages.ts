@@ -100,5 +100,9 @@ export interface BrowserSessions {
   /** A Cookie header value without the sidecar's own cookies; undefined when nothing is left. */
   scrubCookie(value: string): string | undefined;
   missing(): readonly string[];
+  /** The session store, for /readyz (which stays ready without it: bearer and anonymous traffic go on). */
+  status(): { readonly store: 'cookie' | 'redis'; readonly up: boolean };
+  /** The session store, for /readyz (which stays ready without it: bearer and anonymous traffic go on). */
+  status(): { readonly store: 'cookie' | 'redis'; readonly up: boolean };
   close(): void;
 }

@@ -10,7 +10,6 @@
  * access token has expired is a 503, never an allow.
  */
 import * as client from 'openid-client';
-import { LRUCache } from 'lru-cache';
 import { decodeJwt } from 'jose';
 import type { SignInConfig } from '../config/schema.js';
 import type { AccessRequest } from '../core/access-request.js';
@@ -36,13 +35,12 @@ import { csrfRefusal, redirectsToSignIn } from './navigation.js';
 import { createSignInProvider, type SignInProvider } from './providers.js';
 import { checkReturnUrl, type ReturnUrlPolicy } from './return-url.js';
 import { createRevocations } from './revocations.js';
+import { createCookieBackend, StoreUnavailableError, type Refreshed, type SessionBackend } from './session-backend.js';
 
 /** The largest back-channel logout request body read (a logout token is 1-2 KB). */
 export const LOGOUT_BODY_LIMIT = 8 * 1024;
 /** Back-channel logout bodies read at once; more are refused (503) rather than buffered. */
 export const MAX_LOGOUT_READS = 16;
-/** A refresh's outcome is shared this long by requests that bring the same (old) session. */
-const REFRESH_SHARED_MS = 60_000;
 /** Protocol claims of the ID token not kept in the session (they describe the token, not the person). */
 const DROPPED_CLAIMS = new Set(['nonce', 'at_hash', 'c_hash', 's_hash', 'exp', 'iat', 'nbf', 'aud', 'azp', 'auth_time', 'jti']);
 
@@ -53,6 +51,8 @@ export interface SignInEvents {
   readonly providerFailed?: (provider: string, what: string, error: Error) => void;
   /** More revocations than memory holds: every session started until now is refused (all sign in again). */
   readonly revocationsOverflow?: () => void;
+  /** The redis store connected (true) or lost (false, with the error). */
+  readonly storeState?: (up: boolean, error?: Error) => void;
 }
 
 export interface BrowserSessionsOptions {
@@ -68,9 +68,10 @@ export interface BrowserSessionsOptions {
   readonly events?: SignInEvents | undefined;
   /** The clock, in milliseconds since the epoch (tests move it). */
   readonly now?: (() => number) | undefined;
+  /** The session backend (the redis store); default the cookie store. */
+  readonly backend?: ((settings: CookieSettings) => SessionBackend) | undefined;
 }
 
-type Refreshed = { readonly kind: 'ok'; readonly session: SessionData } | { readonly kind: 'ended'; readonly why: string } | { readonly kind: 'unreachable' };
 
 const NO_HEADERS: AnswerHeaders = Object.freeze({});
 /**
@@ -127,9 +128,13 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
   const callbackUrl = new URL(config.callbackUrl);
   const settings: CookieSettings = { name: config.cookie.name, secure: config.cookie.secure, sameSite: config.cookie.sameSite, domain: config.cookie.domain, prefix };
   const codec = createCookieCodec(options.secrets);
-  const store = createCookieSessionStore(settings, codec, copyClaims);
   const states = createStateCookies(settings, codec);
-  const revocations = createRevocations(config.session.maxAgeSeconds, { now: () => nowMs(), onOverflow: () => events.revocationsOverflow?.() });
+  const backend: SessionBackend =
+    options.backend?.(settings) ??
+    createCookieBackend(
+      createCookieSessionStore(settings, codec, copyClaims),
+      createRevocations(config.session.maxAgeSeconds, { now: () => nowMs(), onOverflow: () => events.revocationsOverflow?.() }),
+    );
   const logoutTokens = createLogoutTokenVerifier({ now: () => new Date(now() * 1000) });
   const returnPolicy: ReturnUrlPolicy = { callbackHost: callbackUrl.host.toLowerCase(), allowedHosts: config.allowedRedirectHosts, allowHttp: !config.cookie.secure };
   const providers = new Map<string, SignInProvider>(
@@ -138,7 +143,6 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       createSignInProvider(p, options.clientSecrets.get(p.name), { discoveryFailed: (name, err) => events.providerFailed?.(name, 'discovery', err) }),
     ]),
   );
-  const refreshes = new LRUCache<string, Promise<Refreshed>>({ max: 10_000, ttl: REFRESH_SHARED_MS });
 
   // ---- answers ----------------------------------------------------------------------------------------
 
@@ -221,32 +225,20 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     }
   }
 
-  /** One refresh per session and refresh token at a time; requests that bring the old cookie meanwhile share it. */
-  function sharedRefresh(session: SessionData, provider: SignInProvider): Promise<Refreshed> {
-    const key = `${session.id}\n${session.refreshToken ?? ''}`;
-    let pending = refreshes.get(key);
-    if (pending === undefined) {
-      pending = refresh(session, provider);
-      refreshes.set(key, pending);
-      // The provider being down is not remembered: the next request tries again.
-      void pending.then((r) => {
-        if (r.kind === 'unreachable' && refreshes.get(key) === pending) refreshes.delete(key);
-      });
-    }
-    return pending;
-  }
-
   function clearing(cookies: RequestCookies): SessionResult {
-    const lines = store.clear(cookies);
+    const lines = backend.clear(cookies);
     return lines.length === 0 ? NONE : { kind: 'none', headers: { 'set-cookie': lines } };
   }
 
-  /** The request's session, refreshed when due; the Set-Cookie lines of a new cookie go with it. */
+  /**
+   * The request's session, refreshed when due; the Set-Cookie lines of a new cookie go with it. Throws
+   * StoreUnavailableError when the session store cannot be reached (the caller answers 503).
+   */
   async function current(request: AccessRequest, cookies: RequestCookies): Promise<{ session: SessionData; cookies: string[] } | SessionResult> {
     const t = now();
-    const loaded = await store.load(cookies, t);
+    const loaded = await backend.load(cookies, t);
     if (loaded === undefined) return NONE;
-    if (loaded === 'invalid' || loaded.expiresAt <= t || revocations.isRevoked(loaded)) return clearing(cookies);
+    if (loaded === 'invalid' || loaded.expiresAt <= t || backend.isEnded(loaded)) return clearing(cookies);
     const provider = providers.get(loaded.provider);
     if (provider === undefined || provider.issuer !== loaded.issuer) return clearing(cookies);
     const expiresAt = loaded.accessTokenExpiresAt;
@@ -255,23 +247,17 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       // Nothing to refresh with: the session lasts as long as its access token.
       return expiresAt > t ? { session: loaded, cookies: [] } : clearing(cookies);
     }
-    const refreshed = await sharedRefresh(loaded, provider);
-    if (refreshed.kind === 'ended') {
-      revocations.revokeSession(loaded.id);
-      return clearing(cookies);
-    }
+    const { refreshed, cookies: lines } = await backend.refreshOnce(loaded, cookies, t, () => refresh(loaded, provider));
+    if (refreshed.kind === 'ended') return clearing(cookies);
     if (refreshed.kind === 'unreachable') {
       if (expiresAt > t) return { session: loaded, cookies: [] };
       return { kind: 'failed', reason: 'SESSION_UNAVAILABLE', detail: 'the session needs a refresh and the provider cannot be reached', headers: NO_HEADERS };
     }
-    try {
-      return { session: refreshed.session, cookies: await store.save(refreshed.session, cookies, t) };
-    } catch {
-      // A refreshed session too large for the cookie chunks: it cannot be kept, so it ends.
-      revocations.revokeSession(loaded.id);
-      return clearing(cookies);
-    }
+    return { session: refreshed.session, cookies: lines };
   }
+
+  /** The session store down: a request that needs a session is a 503, never an allow or a redirect loop. */
+  const STORE_DOWN: SessionResult & { kind: 'failed' } = Object.freeze({ kind: 'failed', reason: 'SESSION_UNAVAILABLE', detail: 'the session store cannot be reached', headers: NO_HEADERS });
 
   function requestOrigin(request: AccessRequest): string {
     return `${callbackUrl.protocol}//${request.host}`;
@@ -396,8 +382,9 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     };
     let lines: string[];
     try {
-      lines = [...clear, ...(await store.save(session, cookies, t))];
+      lines = [...clear, ...(await backend.start(session, cookies, t))];
     } catch (err) {
+      if (err instanceof StoreUnavailableError) return fail('SIGNIN_UNAVAILABLE', 'the session store cannot be reached');
       // A session too large for the cookie chunks (MAX_CHUNKS), even without the raw ID token.
       return fail('SIGNIN_FAILED', `the session cannot be stored: ${safeText(err instanceof Error ? err.message : err)}`);
     }
@@ -431,11 +418,18 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
       }
     }
     const cookies = parseCookies(request.headers['cookie']);
-    const loaded = await store.load(cookies, now());
-    const lines = store.clear(cookies);
-    if (loaded === undefined || loaded === 'invalid') return redirect(rd.location, lines, 'signed out (there was no session)');
-    // The session is refused from now on, even if a copy of the cookie comes back.
-    revocations.revokeSession(loaded.id);
+    const lines = backend.clear(cookies);
+    let loaded: SessionData | 'invalid' | undefined;
+    try {
+      loaded = await backend.load(cookies, now());
+      if (loaded === undefined || loaded === 'invalid') return redirect(rd.location, lines, 'signed out (there was no session)');
+      // The session is refused from now on, even if a copy of the cookie comes back.
+      await backend.end(loaded);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // Not ended in the store: the browser's cookie goes, and the person is told it did not work.
+      return refuse('SESSION_UNAVAILABLE', 'the session store cannot be reached: the session could not be ended', id, lines);
+    }
     events.logout?.('user');
     const configuration = providers.get(loaded.provider)?.configuration();
     if (configuration?.serverMetadata().end_session_endpoint !== undefined) {
@@ -451,7 +445,13 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
 
   async function userinfo(request: AccessRequest): Promise<RouteAnswer> {
     const cookies = parseCookies(request.headers['cookie']);
-    const found = await current(request, cookies);
+    let found: Awaited<ReturnType<typeof current>>;
+    try {
+      found = await current(request, cookies);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) return refuse(STORE_DOWN.reason, STORE_DOWN.detail, request.requestId);
+      throw err;
+    }
     if (!('session' in found)) {
       if (found.kind === 'failed') return refuse(found.reason, found.detail, request.requestId);
       const clear = found.headers['set-cookie'];
@@ -505,13 +505,27 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     for (const provider of candidates) {
       const keys = provider.keys();
       if (keys === undefined) return refuse('SIGNIN_UNAVAILABLE', 'the provider has not been discovered yet', id);
-      const result = await logoutTokens.verify(token, { issuer: provider.issuer, clientId: provider.clientId, keys, algorithms: provider.algorithms() });
+      let result: Awaited<ReturnType<typeof logoutTokens.verify>>;
+      try {
+        result = await logoutTokens.verify(token, {
+          issuer: provider.issuer,
+          clientId: provider.clientId,
+          keys,
+          algorithms: provider.algorithms(),
+          firstUse: (jti) => backend.firstUse(provider.issuer, jti),
+        });
+        if (result.ok) {
+          if (result.sid !== undefined) await backend.endProviderSession(provider.name, result.sid);
+          else if (result.sub !== undefined) await backend.endSubject(provider.name, result.sub, nowMs());
+        }
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) return refuse('SIGNIN_UNAVAILABLE', 'the session store cannot be reached', id);
+        throw err;
+      }
       if (!result.ok) {
         reason = result.reason;
         continue;
       }
-      if (result.sid !== undefined) revocations.revokeProviderSession(provider.name, result.sid);
-      else if (result.sub !== undefined) revocations.revokeSubject(provider.name, result.sub, nowMs());
       events.logout?.('backchannel');
       return answer('SIGNIN_PAGE', 'back-channel logout done', 200, {}, '');
     }
@@ -546,7 +560,13 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
         const csrf = csrfRefusal(method, request.headers, requestOrigin(request), config.allowedRedirectHosts, callbackUrl.protocol);
         if (csrf !== undefined) return { kind: 'failed', reason: 'CSRF_REJECTED', detail: csrf, headers: NO_HEADERS };
       }
-      const found = await current(request, cookies);
+      let found: Awaited<ReturnType<typeof current>>;
+      try {
+        found = await current(request, cookies);
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) return STORE_DOWN;
+        throw err;
+      }
       if (!('session' in found)) return found;
       const { session } = found;
       return {
@@ -587,8 +607,10 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     missing() {
       return [...providers.values()].filter((p) => p.configuration() === undefined).map((p) => `discovery of sign-in provider ${p.name} (${p.issuer})`);
     },
+    status: () => ({ store: backend.kind, up: backend.up() }),
     close() {
       for (const p of providers.values()) p.close();
+      void backend.close();
     },
   };
 }

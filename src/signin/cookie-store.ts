@@ -144,7 +144,7 @@ interface SealedSession {
   st: number;
 }
 
-function toSealed(s: SessionData): SealedSession {
+export function toSealed(s: SessionData): SealedSession {
   return {
     v: 1,
     id: s.id,
@@ -161,7 +161,7 @@ function toSealed(s: SessionData): SealedSession {
   };
 }
 
-function fromSealed(p: Record<string, unknown>): SessionData | undefined {
+export function fromSealed(p: Record<string, unknown>): SessionData | undefined {
   const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
   const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
   const id = str(p['id']);

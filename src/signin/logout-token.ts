@@ -23,6 +23,11 @@ export interface LogoutTokenCheck {
   readonly keys: JWTVerifyGetKey;
   /** The provider's ID token signing algorithms (never `none`). */
   readonly algorithms: readonly string[];
+  /**
+   * The replay check: true the first time a `jti` is seen. Default: remembered by this verifier (one
+   * process); the redis store shares it between replicas.
+   */
+  readonly firstUse?: ((jti: string) => Promise<boolean>) | undefined;
 }
 
 export type LogoutTokenResult = { readonly ok: true; readonly sid?: string; readonly sub?: string } | { readonly ok: false; readonly reason: string };
@@ -64,9 +69,13 @@ export function createLogoutTokenVerifier(options: { readonly now?: () => Date; 
       if (sid === undefined && sub === undefined) return { ok: false, reason: 'the logout token names neither a sid nor a sub' };
       const jti = payload['jti'];
       if (typeof jti !== 'string' || jti === '') return { ok: false, reason: "the logout token's jti claim is not valid" };
-      const key = `${check.issuer}\n${jti}`;
-      if (seen.has(key)) return { ok: false, reason: 'the logout token was already used' };
-      seen.set(key, true);
+      if (check.firstUse !== undefined) {
+        if (!(await check.firstUse(jti))) return { ok: false, reason: 'the logout token was already used' };
+      } else {
+        const key = `${check.issuer}\n${jti}`;
+        if (seen.has(key)) return { ok: false, reason: 'the logout token was already used' };
+        seen.set(key, true);
+      }
       return { ok: true, ...(sid !== undefined ? { sid } : {}), ...(sub !== undefined ? { sub } : {}) };
     },
   };

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ConfigIssue } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { copyClaims } from '../core/identity.js';
 import type { BrowserSessions, IdentityMapper } from '../core/stages.js';
 import type { SignInEvents } from './browser-sessions.js';
 import { MIN_COOKIE_SECRET_BYTES } from './cookie-codec.js';
@@ -63,11 +64,38 @@ export async function prepareSignIn(config: Config, issues: ConfigIssue[], optio
   if ([...cookieNames].some((n) => n === signIn.cookie.name || n.startsWith(`${signIn.cookie.name}.`) || n.startsWith(`${signIn.cookie.name}-s-`))) {
     issues.push({ path: 'signIn.cookie.name', message: 'is also a token cookie in authn.tokenFrom' });
   }
+  let redisPassword: string | undefined;
+  const redis = signIn.session.store === 'redis' ? signIn.session.redis : undefined;
+  if (redis?.passwordFile !== undefined) {
+    try {
+      redisPassword = (await readFile(redis.passwordFile, 'utf8')).trim();
+      if (redisPassword === '') issues.push({ path: 'signIn.session.redis.passwordFile', message: `${redis.passwordFile} is empty` });
+    } catch (err) {
+      issues.push({ path: 'signIn.session.redis.passwordFile', message: `cannot read file ${redis.passwordFile}`, cause: err });
+    }
+  }
   // `validate` only checks: it loads nothing of the serving side.
   if (issues.length > before || options.check === true) return undefined;
   const { createBrowserSessions } = await import('./browser-sessions.js');
+  // The redis client loads only with the redis store.
+  const redisStore = redis === undefined ? undefined : await import('./redis-store.js');
   return (context) =>
     createBrowserSessions({
+      ...(redis === undefined || redisStore === undefined
+        ? {}
+        : {
+            backend: (settings) =>
+              redisStore.createRedisBackend({
+                url: redis.url,
+                password: redisPassword,
+                keyPrefix: redis.keyPrefix,
+                settings,
+                secrets: secrets.map((x) => x.bytes),
+                maxAgeSeconds: signIn.session.maxAgeSeconds,
+                copyClaims,
+                onStateChange: (up, error) => context.events?.storeState?.(up, error),
+              }),
+          }),
       config: signIn,
       secrets,
       clientSecrets,
