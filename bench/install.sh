@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `npm run bench` measures against and with, from Debian packages, when missing:
 # nginx (upstream and reverse-proxy rows), Apache with mod_auth_openidc (the peer row), wrk (HTTP load),
-# h2load from nghttp2-client (gRPC load: wrk has no HTTP/2) and openssl (the JWKS server's certificate).
+# h2load from nghttp2-client (gRPC load: wrk has no HTTP/2), openssl (the JWKS server's certificate) and
+# redis-server (row 5r, sessions in Redis).
 set -euo pipefail
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -11,6 +12,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

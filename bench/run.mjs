@@ -254,6 +254,36 @@ async function sessionCookie(root) {
   return { cookie: `authz=${sealed}`, secretFile };
 }
 
+/**
+ * Row 5r's session: stored in Redis by the checkout's own redis store (dist/), for the same user and roles
+ * as the bearer token; its Set-Cookie is the ticket the load sends.
+ */
+async function redisTicket(root, url) {
+  const secretFile = join(work, 'cookie-secret');
+  writeFileSync(secretFile, 'bench-cookie-secret-0123456789-0123456789-0123456789');
+  const [{ createRedisBackend }, { copyClaims }] = await Promise.all([import(join(root, 'dist/signin/redis-store.js')), import(join(root, 'dist/core/identity.js'))]);
+  const backend = createRedisBackend({
+    url,
+    keyPrefix: 'authz-sidecar:',
+    settings: { name: 'authz', secure: false, sameSite: 'lax', domain: '', prefix: '/.authz' },
+    secrets: [new Uint8Array(readFileSync(secretFile))],
+    maxAgeSeconds: 4 * 3600,
+    copyClaims,
+  });
+  for (let i = 0; !backend.up(); i++) {
+    if (i > 200) throw new Error(`row 5r: redis-server at ${url} did not come up`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const [line] = await backend.start(
+    { id: 'benchSessionId0123456A', provider: 'bench', issuer: providerIssuer, subject: 'bench-user', claims: copyClaims({ sub: 'bench-user', roles: ['team0'] }), startedAtMs: Date.now(), expiresAt: now + 4 * 3600 },
+    new Map(),
+    now,
+  );
+  await backend.close();
+  return { cookie: line.split(';')[0], secretFile };
+}
+
 let providerIssuer;
 /** The stand-in provider of row 5s: a discovery document and an empty JWKS on loopback. */
 async function startDiscovery() {
@@ -395,7 +425,7 @@ async function main() {
   if (want('5')) await sidecarRow('5', `authz-sidecar proxy (${POLICY_LINES}-line policy)`, proxyRow(undefined));
   if (want('5s')) {
     // The same request as row 5, authenticated by a session cookie instead of the bearer token.
-    stops.push(await startDiscovery());
+    if (providerIssuer === undefined) stops.push(await startDiscovery());
     const session = await sessionCookie(SIDECAR_ROOT);
     const sidecar = await startSidecar({
       upstreamPort,
@@ -411,6 +441,32 @@ async function main() {
     await Promise.all([withCookie.arrayBuffer(), without.arrayBuffer()]);
     if (withCookie.status !== 200 || without.status !== 401) throw new Error(`row 5s: expected 200 with the session cookie and 401 without, got ${withCookie.status} and ${without.status}`);
     compared.push({ id: '5s', name: `authz-sidecar proxy, browser session cookie (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: { Cookie: session.cookie } }) });
+  }
+  if (want('5r')) {
+    // Row 5s with the redis session store: the cookie is a ticket, the session is read from a real
+    // redis-server (pinned to the load core, beside the upstream) on every request.
+    if (providerIssuer === undefined) stops.push(await startDiscovery());
+    const redisPort = await freePort();
+    const redis = spawn('taskset', ['-c', String(LOAD_CPU), 'redis-server', '--bind', '127.0.0.1', '--port', String(redisPort), '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    children.add(redis);
+    stops.push(() => stopChild(redis));
+    const redisUrl = `redis://127.0.0.1:${redisPort}/0`;
+    const session = await redisTicket(SIDECAR_ROOT, redisUrl);
+    const sidecar = await startSidecar({
+      upstreamPort,
+      signIn: (port) => ({
+        callbackUrl: `http://127.0.0.1:${port}/.authz/callback`,
+        providers: [{ name: 'bench', issuer: providerIssuer, clientId: 'bench' }],
+        cookie: { name: 'authz', secretFiles: [session.secretFile], secure: false },
+        session: { store: 'redis', redis: { url: redisUrl } },
+      }),
+    });
+    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
+    const withCookie = await fetch(http(sidecar.port), { headers: { cookie: session.cookie } });
+    const without = await fetch(http(sidecar.port), { headers: { accept: 'application/json' } });
+    await Promise.all([withCookie.arrayBuffer(), without.arrayBuffer()]);
+    if (withCookie.status !== 200 || without.status !== 401) throw new Error(`row 5r: expected 200 with the session ticket and 401 without, got ${withCookie.status} and ${without.status}`);
+    compared.push({ id: '5r', name: `authz-sidecar proxy, browser session in Redis (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: { Cookie: session.cookie } }) });
   }
   if (want('5u')) {
     // The app on a unix socket instead of loopback TCP: what the usual advice for containers of one pod
