@@ -19,6 +19,7 @@
  */
 import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { createClient } from '@redis/client';
+import { LRUCache } from 'lru-cache';
 import type { Claims } from '../core/identity.js';
 import { createCookieCodec } from './cookie-codec.js';
 import { fromSealed, setCookie, toSealed, type CookieSettings, type RequestCookies, type SessionData } from './cookie-store.js';
@@ -110,14 +111,31 @@ export function createRedisBackend(options: RedisStoreOptions): SessionBackend {
     return createCookieCodec([{ bytes: Buffer.from(ticket.secret, 'base64url'), what: 'the session ticket' }]);
   }
 
+  /**
+   * Sessions opened, by the whole ticket, with the sealed value they came from: Redis is asked on every
+   * request (a session deleted by another replica must be refused at once), but a value seen before is not
+   * decrypted again. Keyed by id and secret, so a ticket with a wrong secret never finds another's session.
+   */
+  const opened = new LRUCache<string, { readonly sealed: string; readonly session: SessionData }>({
+    maxSize: 4 * 1024 * 1024,
+    sizeCalculation: (v, key) => key.length + v.sealed.length + 512,
+  });
+
   async function read(ticket: Ticket, now: number): Promise<SessionData | undefined> {
     const sealed = await command('GET', () => client.get(sessionKey(ticket.id)));
-    if (sealed === null || typeof sealed !== 'string') return undefined;
+    const cacheKey = `${ticket.id}.${ticket.secret}`;
+    if (sealed === null || typeof sealed !== 'string') {
+      opened.delete(cacheKey);
+      return undefined;
+    }
+    const known = opened.get(cacheKey);
+    if (known?.sealed === sealed) return known.session.expiresAt > now ? known.session : undefined;
     const payload = await codecOf(ticket).open(sealed, new Date(now * 1000));
     const session = payload === undefined ? undefined : fromSealed({ ...payload, c: options.copyClaims(payload['c']) });
     // A session stored under another id than its key (never written so) is no session.
     if (session === undefined || session.id !== ticket.id) return undefined;
     tickets.set(session, ticket);
+    opened.set(cacheKey, { sealed, session });
     return session;
   }
 
