@@ -190,8 +190,8 @@ describe('deploy/kubernetes/redis-sessions: the optional Redis wiring', () => {
   it('is a Component that the native and classic overlays name (commented out: optional)', async () => {
     expect(component).toMatchObject({ apiVersion: 'kustomize.config.k8s.io/v1alpha1', kind: 'Component' });
     expect(component.resources).toBeUndefined();
-    expect(await read('deploy/kubernetes/kustomization.yaml')).toMatch(/^# components:\n#   - redis-sessions$/m);
-    expect(await read('deploy/kubernetes/classic/kustomization.yaml')).toMatch(/^# components:\n#   - \.\.\/redis-sessions$/m);
+    expect(await read('deploy/kubernetes/kustomization.yaml')).toMatch(/^# components:\n# {3}- redis-sessions$/m);
+    expect(await read('deploy/kubernetes/classic/kustomization.yaml')).toMatch(/^# components:\n# {3}- \.\.\/redis-sessions$/m);
   });
 
   it('switches the sidecar config to the redis store with its URL from ${AUTHZ_REDIS_URL}, a password file and a key prefix of its own', () => {

@@ -59,6 +59,7 @@ function stubSessions(stub: Stub): BrowserSessions {
     },
     scrubCookie: (value) => value.split('; ').filter((p) => !p.startsWith('authz')).join('; ') || undefined,
     missing: () => [],
+    status: () => ({ store: 'cookie', up: true }),
     close: () => undefined,
   };
 }
