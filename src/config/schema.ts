@@ -207,9 +207,10 @@ const signIn = z
                 return;
               }
               if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') ctx.addIssue({ code: 'custom', message: 'must be a redis:// or rediss:// URL (rediss: TLS)' });
+              else if (!/^\/?\d*$/.test(url.pathname)) ctx.addIssue({ code: 'custom', message: 'the path must be a database number (redis://host:6379/0)' });
             }),
             passwordFile: z.string().min(1).optional(),
-            keyPrefix: z.string().max(64).default(DEFAULT_REDIS_KEY_PREFIX),
+            keyPrefix: z.string().regex(/^[A-Za-z0-9:_.-]{1,64}$/, 'must be 1-64 characters of A-Z, a-z, 0-9, :, _, . and -').default(DEFAULT_REDIS_KEY_PREFIX),
           })
           .optional(),
         maxAgeSeconds: z.number().int().min(60).max(30 * 86_400).default(DEFAULT_SESSION_MAX_AGE_SECONDS),

@@ -512,11 +512,13 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
           clientId: provider.clientId,
           keys,
           algorithms: provider.algorithms(),
-          firstUse: (jti) => backend.firstUse(provider.issuer, jti),
+          seen: (jti) => backend.jtiSeen(provider.issuer, jti),
         });
         if (result.ok) {
           if (result.sid !== undefined) await backend.endProviderSession(provider.name, result.sid);
           else if (result.sub !== undefined) await backend.endSubject(provider.name, result.sub, nowMs());
+          // Used up only once the sessions are gone: a provider's retry after a failure still works.
+          await backend.markJti(provider.issuer, result.jti);
         }
       } catch (err) {
         if (err instanceof StoreUnavailableError) return refuse('SIGNIN_UNAVAILABLE', 'the session store cannot be reached', id);

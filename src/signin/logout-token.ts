@@ -24,13 +24,13 @@ export interface LogoutTokenCheck {
   /** The provider's ID token signing algorithms (never `none`). */
   readonly algorithms: readonly string[];
   /**
-   * The replay check: true the first time a `jti` is seen. Default: remembered by this verifier (one
-   * process); the redis store shares it between replicas.
+   * The replay check by the caller: whether a `jti` was used already. The caller then marks it once the
+   * sessions are ended (the result carries the `jti`). Default: this verifier remembers (one process).
    */
-  readonly firstUse?: ((jti: string) => Promise<boolean>) | undefined;
+  readonly seen?: ((jti: string) => Promise<boolean>) | undefined;
 }
 
-export type LogoutTokenResult = { readonly ok: true; readonly sid?: string; readonly sub?: string } | { readonly ok: false; readonly reason: string };
+export type LogoutTokenResult = { readonly ok: true; readonly jti: string; readonly sid?: string; readonly sub?: string } | { readonly ok: false; readonly reason: string };
 
 export interface LogoutTokenVerifier {
   verify(token: string, check: LogoutTokenCheck): Promise<LogoutTokenResult>;
@@ -69,14 +69,14 @@ export function createLogoutTokenVerifier(options: { readonly now?: () => Date; 
       if (sid === undefined && sub === undefined) return { ok: false, reason: 'the logout token names neither a sid nor a sub' };
       const jti = payload['jti'];
       if (typeof jti !== 'string' || jti === '') return { ok: false, reason: "the logout token's jti claim is not valid" };
-      if (check.firstUse !== undefined) {
-        if (!(await check.firstUse(jti))) return { ok: false, reason: 'the logout token was already used' };
+      if (check.seen !== undefined) {
+        if (await check.seen(jti)) return { ok: false, reason: 'the logout token was already used' };
       } else {
         const key = `${check.issuer}\n${jti}`;
         if (seen.has(key)) return { ok: false, reason: 'the logout token was already used' };
         seen.set(key, true);
       }
-      return { ok: true, ...(sid !== undefined ? { sid } : {}), ...(sub !== undefined ? { sub } : {}) };
+      return { ok: true, jti, ...(sid !== undefined ? { sid } : {}), ...(sub !== undefined ? { sub } : {}) };
     },
   };
 }

@@ -35,8 +35,10 @@ export interface SessionBackend {
   /** Back-channel logout: every session with this provider `sid`, or of this `sub` started until `atMs`. */
   endProviderSession(provider: string, sid: string): Promise<void>;
   endSubject(provider: string, subject: string, atMs: number): Promise<void>;
-  /** True the first time a logout token's `jti` is seen (per issuer), false for a replay. */
-  firstUse(issuer: string, jti: string): Promise<boolean>;
+  /** Whether a logout token's `jti` (per issuer) was used already (a replay). */
+  jtiSeen(issuer: string, jti: string): Promise<boolean>;
+  /** Marks a `jti` used: after the sessions it names are ended, so a failed attempt can be retried. */
+  markJti(issuer: string, jti: string): Promise<void>;
   /**
    * One refresh per session at a time: `refresh` runs once; requests that bring the same session meanwhile
    * get its outcome. The refreshed session is stored; the Set-Cookie lines (the cookie store's new cookie)
@@ -64,12 +66,8 @@ export function createCookieBackend(store: SessionStore, revocations: Revocation
     end: (session) => Promise.resolve(revocations.revokeSession(session.id)),
     endProviderSession: (provider, sid) => Promise.resolve(revocations.revokeProviderSession(provider, sid)),
     endSubject: (provider, subject, atMs) => Promise.resolve(revocations.revokeSubject(provider, subject, atMs)),
-    firstUse(issuer, jti) {
-      const key = `${issuer}\n${jti}`;
-      if (seen.has(key)) return Promise.resolve(false);
-      seen.set(key, true);
-      return Promise.resolve(true);
-    },
+    jtiSeen: (issuer, jti) => Promise.resolve(seen.has(`${issuer}\n${jti}`)),
+    markJti: (issuer, jti) => Promise.resolve(void seen.set(`${issuer}\n${jti}`, true)),
     refreshOnce(session, cookies, now, refresh) {
       // Keyed by the session and its refresh token: requests with the old cookie share the outcome.
       const key = `${session.id}\n${session.refreshToken ?? ''}`;

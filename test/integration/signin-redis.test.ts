@@ -285,9 +285,12 @@ describe('two replicas, one redis store', () => {
     const sealed = dump.get(sessionKey(id));
     expect(sealed, 'the session is stored under its id').toBeDefined();
 
-    // Opened with the ticket's secret (which only the browser has), the stored session holds the provider's
-    // tokens: the ones to look for in clear. A copy of Redis plus the cookie secret opens nothing.
-    const opened = await createCookieCodec([{ bytes: b64(secret), what: 'ticket' }]).open(sealed as string);
+    // Opened with the ticket's secret (which only the browser has) together with the deployment's cookie
+    // secret, the stored session holds the provider's tokens: the ones to look for in clear. Either secret
+    // alone (a copy of Redis plus the cookie secret, or a ticket at another deployment) opens nothing.
+    const cookieSecret = new Uint8Array(Buffer.from((await readFile(env.secretFile, 'utf8')).replace(/\r?\n$/, '')));
+    const opened = await createCookieCodec([{ bytes: Buffer.concat([b64(secret), cookieSecret]), what: 'ticket' }]).open(sealed as string);
+    expect(await createCookieCodec([{ bytes: b64(secret), what: 'ticket alone' }]).open(sealed as string)).toBeUndefined();
     expect(opened).toBeDefined();
     const session = opened as Record<string, unknown>;
     expect(session['at']).toBe(accessToken);
@@ -297,8 +300,7 @@ describe('two replicas, one redis store', () => {
     const idToken = session['idt'] as string;
     expect(typeof refreshToken).toBe('string');
     expect(idToken.split('.')).toHaveLength(3);
-    const cookieSecret = await readFile(env.secretFile, 'utf8');
-    expect(await createCookieCodec([{ bytes: new Uint8Array(Buffer.from(cookieSecret)), what: 'cookie secret' }]).open(sealed as string)).toBeUndefined();
+    expect(await createCookieCodec([{ bytes: cookieSecret, what: 'cookie secret' }]).open(sealed as string)).toBeUndefined();
 
     // The ID token is the one the provider issued: sign-out hints it to the provider's end_session.
     const out = await browser.get(`${b.origin}${PREFIX}/sign-out`, { followRedirects: false });
@@ -483,7 +485,8 @@ describe('20 concurrent requests split over A and B when a refresh is due (publi
     expect(ttlAfter).toBeGreaterThan(ttlBefore - 10_000);
     // The refreshed session is sealed like the first: the new tokens are nowhere in clear.
     const { secret } = ticketOf(browser);
-    const session = (await createCookieCodec([{ bytes: b64(secret), what: 'ticket' }]).open(refreshed as string)) as Record<string, unknown>;
+    const raceCookieSecret = new Uint8Array(Buffer.from((await readFile(race.secretFile, 'utf8')).replace(/\r?\n$/, '')));
+    const session = (await createCookieCodec([{ bytes: Buffer.concat([b64(secret), raceCookieSecret]), what: 'ticket' }]).open(refreshed as string)) as Record<string, unknown>;
     expect(typeof session['rt']).toBe('string');
     const secrets = { subject: ALICE.sub, email: ALICE.email, 'access token': String(session['at']), 'refresh token': String(session['rt']), 'ID token': String(session['idt']) };
     expect(leaksIn(await redis.dump(), 'race:', secrets)).toEqual([]);

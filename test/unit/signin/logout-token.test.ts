@@ -30,16 +30,16 @@ describe('logout tokens', () => {
   it('accepts a valid one and names its sid and sub; the same token again is a replay', async () => {
     const verifier = createLogoutTokenVerifier();
     const token = await sign(valid());
-    expect(await verifier.verify(token, check)).toEqual({ ok: true, sid: 'session-1', sub: 'alice' });
+    expect(await verifier.verify(token, check)).toEqual({ ok: true, jti: expect.any(String) as string, sid: 'session-1', sub: 'alice' });
     expect(await verifier.verify(token, check)).toEqual({ ok: false, reason: 'the logout token was already used' });
   });
 
   it('accepts one with only a sid, or only a sub', async () => {
     const verifier = createLogoutTokenVerifier();
     const { sub: _sub, ...sidOnly } = valid();
-    expect(await verifier.verify(await sign(sidOnly), check)).toEqual({ ok: true, sid: 'session-1' });
+    expect(await verifier.verify(await sign(sidOnly), check)).toEqual({ ok: true, jti: expect.any(String) as string, sid: 'session-1' });
     const { sid: _sid, ...subOnly } = valid();
-    expect(await verifier.verify(await sign(subOnly), check)).toEqual({ ok: true, sub: 'alice' });
+    expect(await verifier.verify(await sign(subOnly), check)).toEqual({ ok: true, jti: expect.any(String) as string, sub: 'alice' });
   });
 
   it.each<[string, () => Promise<string>, RegExp]>([
