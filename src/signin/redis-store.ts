@@ -40,6 +40,8 @@ export const REFRESH_LOCK_MS = 30_000;
 /** How long a request waits for another replica's refresh before it goes on without (bounded). */
 export const REFRESH_WAIT_MS = 10_000;
 const REFRESH_POLL_MS = 100;
+/** How often an idle connection is checked. */
+const HEALTH_CHECK_MS = 5_000;
 /** A connection error is logged at most this often while the store stays down. */
 const ERROR_LOG_INTERVAL_MS = 60_000;
 
@@ -116,8 +118,6 @@ export function createRedisBackend(options: RedisStoreOptions): SessionBackend {
     ...connectionOptions(options.url, options.password),
     // Disconnected: fail now (503), never queue a request behind a reconnect.
     disableOfflineQueue: true,
-    // A PING every few seconds keeps the connection known alive through proxies and NAT.
-    pingInterval: 5_000,
     socket: {
       connectTimeout: 2_000,
       reconnectStrategy: (retries: number) => Math.min(100 * 2 ** retries, 2_000),
@@ -130,9 +130,10 @@ export function createRedisBackend(options: RedisStoreOptions): SessionBackend {
   const down = (err: Error): void => {
     // Logged when the store goes down, and at most once a minute while it stays down (a wrong host or
     // password at startup is said too).
-    if (connected && !failing) options.onStateChange?.(false, err);
-    else if (Date.now() - loggedErrorAt > ERROR_LOG_INTERVAL_MS) options.onStateChange?.(false, err);
-    loggedErrorAt = Date.now();
+    if ((connected && !failing) || Date.now() - loggedErrorAt > ERROR_LOG_INTERVAL_MS) {
+      options.onStateChange?.(false, err);
+      loggedErrorAt = Date.now();
+    }
   };
   client.on('ready', () => {
     connected = true;
@@ -312,6 +313,13 @@ export function createRedisBackend(options: RedisStoreOptions): SessionBackend {
     return { kind: 'unreachable' };
   }
 
+  // A PING with the commands' deadline every few seconds: a Redis that hangs counts as down even with no
+  // traffic (/readyz, the metric), and the connection stays known alive through proxies and NAT.
+  const health = setInterval(() => {
+    if (client.isReady) void command('PING', () => client.ping()).catch(() => undefined);
+  }, HEALTH_CHECK_MS);
+  health.unref();
+
   return {
     kind: 'redis',
     async load(cookies, now) {
@@ -371,6 +379,7 @@ export function createRedisBackend(options: RedisStoreOptions): SessionBackend {
     },
     up: () => connected && client.isReady && !failing,
     async close() {
+      clearInterval(health);
       try {
         if (client.isOpen) await client.close();
       } catch {
