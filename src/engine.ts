@@ -14,7 +14,7 @@ import { ConfigError, type ConfigIssue } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createDecisionEngine, type DecisionEngine } from './core/decide.js';
 import { createIdentityHeaders } from './core/identity-headers.js';
-import type { Authenticator, Authorizer, BrowserSessions, CredentialExtractor, IdentityMapper } from './core/stages.js';
+import type { Authenticator, Authorizer, BrowserSessions, CredentialExtractor, IdentityMapper, StageTracer } from './core/stages.js';
 import type { SignInEvents } from './signin/browser-sessions.js';
 import { prepareSignIn } from './signin/setup.js';
 
@@ -33,6 +33,8 @@ export interface EngineBuildOptions {
   /** Where policy findings and IdP failures are logged. */
   readonly logger?: Pick<Logger, 'warn'> | undefined;
   readonly events?: EngineEvents | undefined;
+  /** Stage spans when tracing is on. */
+  readonly stages?: StageTracer | undefined;
 }
 
 /** The Casbin authorizer of a config; a load failure becomes an issue naming its key. */
@@ -64,6 +66,7 @@ export function engineFromParts(
     readonly authenticators: readonly Authenticator[];
     readonly credentials?: CredentialExtractor;
     readonly sessions?: ((identity: IdentityMapper) => BrowserSessions) | undefined;
+    readonly stages?: StageTracer | undefined;
   },
 ): DecisionEngine {
   const identity = createIdentityMapper(config.identity);
@@ -73,6 +76,7 @@ export function engineFromParts(
     authenticators: parts.authenticators,
     identity,
     sessions: parts.sessions?.(identity),
+    stages: parts.stages,
     authorizer: parts.authorizer,
     identityHeaders: createIdentityHeaders(config.headers),
     forwardToken: config.headers.forwardToken,
@@ -119,6 +123,7 @@ export async function buildEngine(config: Config, options: EngineBuildOptions = 
     authorizer,
     authenticators: built.map((b) => b.authenticator),
     sessions: signIn === undefined ? undefined : (identity) => signIn({ identity, events: events.signIn, now: options.now }),
+    stages: options.stages,
   });
   async function reloadKeyFiles(): Promise<void> {
     for (const b of built) await b.reloadFiles?.();

@@ -14,7 +14,8 @@ import { parseUpstreamUrl } from './config/address.js';
 import type { Config } from './config/schema.js';
 import type { DecisionEngine } from './core/decide.js';
 import { buildEngine, type EngineBuildOptions } from './engine.js';
-import type { DecisionObserver, FrontDoor } from './frontends/front-door.js';
+import type { DecisionObserver, DoorTracing, FrontDoor } from './frontends/front-door.js';
+import { tracingFromEnv } from './tracing/config.js';
 
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
@@ -53,6 +54,7 @@ interface DoorContext {
   readonly logger: FastifyBaseLogger;
   readonly observe: DecisionObserver;
   readonly metrics: Metrics;
+  readonly tracing: DoorTracing | undefined;
 }
 
 /** The configured front doors with their addresses, each module loaded only when its door is configured. */
@@ -88,11 +90,26 @@ async function createDoors(config: Config, context: DoorContext): Promise<Array<
   return doors;
 }
 
-export async function startSidecar(config: Config, options: Omit<EngineBuildOptions, 'events'> & { logger?: FastifyBaseLogger } = {}): Promise<RunningSidecar> {
+export async function startSidecar(
+  config: Config,
+  options: Omit<EngineBuildOptions, 'events' | 'stages'> & { logger?: FastifyBaseLogger; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger(config);
   const metrics = createMetrics();
+  // Tracing (DESIGN.md §9): the SDK and the span helpers load only with OTEL_TRACES_EXPORTER=otlp.
+  const tracingConfig = tracingFromEnv(options.env ?? process.env);
+  let tracing: DoorTracing | undefined;
+  let stopTracing = async (): Promise<void> => undefined;
+  if (tracingConfig !== undefined) {
+    const [sdk, spans] = await Promise.all([import('./tracing/sdk.js'), import('./tracing/spans.js')]);
+    const running = sdk.startTracing(tracingConfig, { onDropped: (count) => metrics.spansDropped.inc(count) });
+    stopTracing = () => running.shutdown();
+    tracing = spans;
+    logger.info({ sampler: tracingConfig.sampler.kind, propagators: tracingConfig.propagators }, 'tracing on (OTLP)');
+  }
   const { engine, authorizer, reloadKeyFiles } = await buildEngine(config, {
     ...options,
+    stages: tracing?.STAGE_TRACER,
     logger,
     events: {
       keysFetched(issuer, result, error) {
@@ -170,11 +187,12 @@ export async function startSidecar(config: Config, options: Omit<EngineBuildOpti
     await Promise.all(doors.map((d) => d.door.drain(deadline)));
     engine.close();
     await admin.close();
+    await stopTracing();
   }
 
   try {
     const adminAddress = await admin.listen(config.admin.listen);
-    doors = await createDoors(config, { engine, logger, observe, metrics });
+    doors = await createDoors(config, { engine, logger, observe, metrics, tracing });
     const addresses: Record<string, string> = {};
     for (const { door, address } of doors) addresses[door.name] = await door.listen(address);
     started = true;

@@ -19,7 +19,7 @@ export function createDecisionObserver(options: {
   readonly metrics?: Metrics | undefined;
 }): DecisionObserver {
   const { level, metrics, logger } = options;
-  return (decision, startedNs) => {
+  return (decision, startedNs, trace) => {
     const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
     const request = decision.request;
     const frontend = request?.frontDoor ?? 'unknown';
@@ -46,6 +46,7 @@ export function createDecisionObserver(options: {
           ...(dryRun ? { dryRun: true, dryRunDenied: decision.dryRunDenied } : {}),
           policy: decision.policy?.join(', '),
           latencyMs: seconds * 1000,
+          ...(trace === undefined ? {} : trace),
         },
       },
       'decision',

@@ -19,6 +19,7 @@ export interface Metrics {
   readonly signIns: Counter<'provider' | 'result'>;
   readonly sessionRefreshes: Counter<'provider' | 'result'>;
   readonly logouts: Counter<'kind'>;
+  readonly spansDropped: Counter;
   /** Reports authz_sidecar_session_store_up{store} from `status` at every scrape (with signIn only). */
   watchSessionStore(status: () => { readonly store: string; readonly up: boolean }): void;
   /** Sets authz_sidecar_policy_info{sha256} to 1 for the serving policy (and drops the old series). */
@@ -63,6 +64,7 @@ export function createMetrics(): Metrics {
       registers: [registry],
     }),
     logouts: new Counter({ name: 'authz_sidecar_logout_total', help: 'Sessions ended by kind (user: sign-out | backchannel: the provider)', labelNames: ['kind'], registers: [registry] }),
+    spansDropped: new Counter({ name: 'authz_sidecar_spans_dropped_total', help: 'Spans the OTLP exporter could not deliver (the collector down or refusing); requests are never affected', registers: [registry] }),
     watchSessionStore(status) {
       new Gauge({
         name: 'authz_sidecar_session_store_up',

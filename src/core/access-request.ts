@@ -39,6 +39,8 @@ export interface WireRequest {
   readonly redirects?: boolean;
   /** Reads the request body as text, up to `limit` bytes (undefined when larger or unreadable); for the sign-in routes. */
   readonly readBody?: BodyReader | undefined;
+  /** The door's span context when tracing is on (opaque to the core), the parent of the stage spans. */
+  readonly trace?: unknown;
 }
 
 export type BodyReader = (limit: number) => Promise<string | undefined>;

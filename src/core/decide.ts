@@ -9,7 +9,7 @@ import { NO_UPSTREAM_CHANGES, outcomeOf, problemAnswer, type AnswerHeaders, type
 import { AuthzSidecarError, REASONS, type ReasonCode, type ReasonSpec } from './errors.js';
 import type { Claims, Identity } from './identity.js';
 import type { IdentityHeaders } from './identity-headers.js';
-import type { Authenticator, Authorizer, BrowserSessions, CredentialExtractor, ForwardedHeaders, IdentityMapper, SessionResult } from './stages.js';
+import type { Authenticator, Authorizer, BrowserSessions, CredentialExtractor, ForwardedHeaders, IdentityMapper, SessionResult, StageTracer } from './stages.js';
 
 /** The answer of an allowed request: nothing for the client beyond the application's own answer. */
 const ALLOW_ANSWER: ClientAnswer = Object.freeze({ status: 200, headers: Object.freeze({}), body: '' });
@@ -35,6 +35,8 @@ export interface DecisionEngineOptions {
   readonly mode?: 'enforce' | 'dryRun';
   /** Browser sign-in (DESIGN.md §7): its routes, and sessions as the credential of requests without a token. */
   readonly sessions?: BrowserSessions | undefined;
+  /** Stage spans when tracing is on (DESIGN.md §9). */
+  readonly stages?: StageTracer | undefined;
 }
 
 export interface Readiness {
@@ -60,7 +62,7 @@ function quoted(value: string): string {
 export function createDecisionEngine(options: DecisionEngineOptions): DecisionEngine {
   const realm = quoted(options.realm ?? DEFAULT_REALM);
   const strictPaths: PathOptions = { ...options.paths, strictSegments: true };
-  const { credentials, authenticators, identity: identityMapper, authorizer, identityHeaders, sessions } = options;
+  const { credentials, authenticators, identity: identityMapper, authorizer, identityHeaders, sessions, stages } = options;
 
   function deny(
     reason: ReasonCode,
@@ -257,7 +259,8 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     // A bearer token wins; without one, the browser session (if any) is the credential.
     let session: SessionResult | undefined;
     if (credential.kind === 'none' && sessions !== undefined) {
-      session = await sessions.resolve(request);
+      const live = sessions;
+      session = stages !== undefined && wire.trace !== undefined ? await stages.run('authz-sidecar.session', wire.trace, () => live.resolve(request)) : await sessions.resolve(request);
       if (session.kind === 'failed') return deny(session.reason, session.detail, requestId, request, undefined, undefined, undefined, session.headers);
     }
     if (session?.kind === 'session') {
@@ -267,7 +270,8 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     } else if (credential.kind === 'none') {
       identity = identityMapper.anonymous();
     } else {
-      const authn = await authenticate(credential.token);
+      const token = credential.token;
+      const authn = stages !== undefined && wire.trace !== undefined ? await stages.run('authz-sidecar.authenticate', wire.trace, () => authenticate(token)) : await authenticate(token);
       // An invalid token is never downgraded to anonymous (DESIGN.md §3).
       if (!authn.ok) return deny(authn.reason, authn.detail, requestId, request);
       identity = authn.identity;
@@ -277,7 +281,9 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     let policy: readonly string[] | undefined;
     let policyRequest: readonly string[];
     try {
-      ({ allowed, policy, request: policyRequest } = authorizer.authorize(request, identity));
+      const asked = identity;
+      ({ allowed, policy, request: policyRequest } =
+        stages !== undefined && wire.trace !== undefined ? stages.runSync('authz-sidecar.policy', wire.trace, () => authorizer.authorize(request, asked)) : authorizer.authorize(request, identity));
     } catch {
       // A matcher that throws on this input is doubt about the policy: deny.
       return deny('POLICY_ERROR', 'the policy could not be evaluated for this request', requestId, request, identity);

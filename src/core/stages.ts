@@ -106,3 +106,12 @@ export interface BrowserSessions {
   status(): { readonly store: 'cookie' | 'redis'; readonly up: boolean };
   close(): void;
 }
+
+/**
+ * Spans around the pipeline's stages (tracing, DESIGN.md §9): `parent` is the door's span context, opaque
+ * to the core. Absent when tracing is off: the stages then run as they are.
+ */
+export interface StageTracer {
+  run<T>(name: string, parent: unknown, fn: () => Promise<T>): Promise<T>;
+  runSync<T>(name: string, parent: unknown, fn: () => T): T;
+}

@@ -18,7 +18,7 @@ import { headerMap, type HeaderMap } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
 import { problemAnswer, type AnswerHeaders, type ClientAnswer, type Decision } from '../core/decision.js';
 import type { ReasonCode } from '../core/errors.js';
-import type { DecisionObserver, FrontDoor } from './front-door.js';
+import type { DecisionObserver, DoorTracing, FrontDoor } from './front-door.js';
 import { requestIdOrNew } from './request-id.js';
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
@@ -64,6 +64,7 @@ export interface ExtAuthzGrpcOptions {
   readonly engine: DecisionEngine;
   readonly logger: FastifyBaseLogger;
   readonly observe: DecisionObserver;
+  readonly tracing?: DoorTracing | undefined;
 }
 
 function overwrite(key: string, value: string): HeaderValueOption {
@@ -89,6 +90,13 @@ function headersOf(http: NonNullable<NonNullable<NonNullable<CheckRequest['attri
     entries.push([h.key, value]);
   }
   return headerMap(entries);
+}
+
+/** gRPC metadata as a header carrier (text values only) for trace context extraction. */
+function metadataCarrier(metadata: grpc.Metadata): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [key, value] of Object.entries(metadata.getMap())) if (typeof value === 'string') out[key] = value;
+  return out;
 }
 
 /** The denied CheckResponse of an answer: the one gRPC problem writer, so status and body always agree. */
@@ -136,14 +144,18 @@ export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor 
     grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
   };
 
-  async function check(request: CheckRequest): Promise<CheckResponse> {
+  async function check(request: CheckRequest, metadata: grpc.Metadata): Promise<CheckResponse> {
     const started = process.hrtime.bigint();
     const http = request.attributes?.request?.http;
     if (http === undefined || typeof http.path !== 'string' || http.path === '' || typeof http.method !== 'string' || http.method === '') {
       return denied(problemAnswer('BAD_REQUEST', 'the check request has no HTTP method and path'), 'BAD_REQUEST');
     }
     const headers = headersOf(http);
+    // The parent is the gRPC call's own metadata (Envoy's ext_authz span), never the original request's
+    // headers inside the CheckRequest.
+    const server = options.tracing?.startServerSpan('extAuthzGrpc', http.method, metadataCarrier(metadata));
     const decision = await engine.decide({
+      ...(server === undefined ? {} : { trace: server.context }),
       frontDoor: 'extAuthzGrpc',
       method: http.method,
       target: http.path,
@@ -160,14 +172,15 @@ export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor 
         return Promise.resolve(Buffer.byteLength(body) > limit ? undefined : body);
       },
     });
-    options.observe(decision, started);
+    options.observe(decision, started, options.tracing?.logIds(server));
+    if (server !== undefined) options.tracing?.recordDecision(server, decision);
     return render(decision);
   }
 
   const server = new grpc.Server();
   server.addService(loaded.envoy.service.auth.v3.Authorization.service, {
     Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>): void {
-      check(call.request).then(
+      check(call.request, call.metadata).then(
         (response) => callback(null, response),
         (err: unknown) => {
           // Never allow on a bug, and never a gRPC error (Envoy's failure_mode_allow could let it through).

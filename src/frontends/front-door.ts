@@ -4,6 +4,7 @@
  * which transport each one speaks.
  */
 import type { Decision } from '../core/decision.js';
+import type * as Spans from '../tracing/spans.js';
 
 export interface FrontDoor {
   /** For logs and readiness: `proxy`, `extAuthzHttp`, `extAuthzGrpc`, `forwardAuth`, `admin`. */
@@ -21,5 +22,11 @@ export interface FrontDoor {
   close(): Promise<void>;
 }
 
-/** Called by a door with each decision and when the door started on it (process.hrtime.bigint()). */
-export type DecisionObserver = (decision: Decision, startedNs: bigint) => void;
+/**
+ * Called by a door with each decision, when the door started on it (process.hrtime.bigint()), and the ids
+ * of its span when tracing is on and the request is sampled (for the decision log).
+ */
+export type DecisionObserver = (decision: Decision, startedNs: bigint, trace?: { readonly trace_id: string; readonly span_id: string }) => void;
+
+/** The span helpers (src/tracing/spans.ts) when tracing is on; doors do no tracing work without them. */
+export type DoorTracing = typeof Spans;

@@ -9,7 +9,7 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import { headerMapFromRaw, type HeaderMap, type WireRequest } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
 import { problemAnswer, type UpstreamChanges } from '../core/decision.js';
-import type { DecisionObserver, FrontDoor } from './front-door.js';
+import type { DecisionObserver, DoorTracing, FrontDoor } from './front-door.js';
 import { bodyReader, createHttpShell, sendAnswer } from './http-shell.js';
 
 /** Envoy may send (part of) the body with a check; we never read it, and refuse a declared body past this. */
@@ -36,6 +36,7 @@ export interface HttpCheckDoorOptions {
   readonly engine: DecisionEngine;
   readonly logger: FastifyBaseLogger;
   readonly observe: DecisionObserver;
+  readonly tracing?: DoorTracing | undefined;
 }
 
 export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptions): FrontDoor {
@@ -56,7 +57,10 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
     const started = process.hrtime.bigint();
     const original = door.translate({ method: raw.method ?? 'GET', url: (raw as { originalUrl?: string }).originalUrl ?? raw.url ?? '/', headers });
     if ('error' in original) return sendAnswer(reply, problemAnswer('BAD_REQUEST', original.error, requestId));
+    // The parent is the check call's own trace context (Envoy's ext_authz span, the proxy's auth request).
+    const server = options.tracing?.startServerSpan(door.name, original.method, raw.headers);
     const decision = await engine.decide({
+      ...(server === undefined ? {} : { trace: server.context }),
       method: original.method,
       target: original.target,
       host: original.host,
@@ -71,7 +75,8 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
       // sign-in routes with theirs.
       readBody: bodyReader(raw),
     });
-    options.observe(decision, started);
+    options.observe(decision, started, options.tracing?.logIds(server));
+    if (server !== undefined) options.tracing?.recordDecision(server, decision);
     if (decision.outcome === 'allow') {
       const allow = door.allowHeaders(decision.upstream, headers);
       const toClient = decision.answer.headers;

@@ -13,6 +13,7 @@
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Span } from '@opentelemetry/api';
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import { headerMapFromRaw } from '../core/access-request.js';
 import type { DecisionEngine } from '../core/decide.js';
@@ -20,7 +21,7 @@ import { problemAnswer, type ClientAnswer, type Decision } from '../core/decisio
 import type { ReasonCode } from '../core/errors.js';
 import type { ForwardCallbacks, Forwarder } from '../upstream/forwarder.js';
 import { connectionNamed, isHopByHopRequestHeader } from '../upstream/hop-by-hop.js';
-import type { DecisionObserver, FrontDoor } from './front-door.js';
+import type { DecisionObserver, DoorTracing, FrontDoor } from './front-door.js';
 import { bodyReader, createHttpShell, finishSocket, sendAnswer, writeAnswer } from './http-shell.js';
 
 export interface ProxyOptions {
@@ -31,6 +32,7 @@ export interface ProxyOptions {
   readonly observe: DecisionObserver;
   /** Called with the application's answer status and the seconds it took (the upstream latency metric). */
   readonly upstreamAnswered?: ((status: number, seconds: number) => void) | undefined;
+  readonly tracing?: DoorTracing | undefined;
 }
 
 /** The client's socket of an upgrade, with what it sent past the request head. */
@@ -75,7 +77,7 @@ function upstreamHeaders(raw: IncomingMessage, decision: Decision): Record<strin
 }
 
 export function createProxyDoor(options: ProxyOptions): FrontDoor {
-  const { engine, forwarder, logger } = options;
+  const { engine, forwarder, logger, tracing } = options;
   const upgrades = new WeakMap<IncomingMessage, Upgrade>();
   /** Upgrade sockets (deciding, joined, or answering), cut at the drain deadline: node's server no longer tracks them. */
   const taken = new Set<Duplex>();
@@ -98,13 +100,15 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
   }
 
   /** The failure callbacks of a forwarded request or upgrade: 502/504 while nothing was sent yet. */
-  function callbacks(decision: Decision, answer: (a: ClientAnswer) => void): ForwardCallbacks {
+  function callbacks(decision: Decision, answer: (a: ClientAnswer) => void, span?: Span): ForwardCallbacks {
     const forwardedAt = process.hrtime.bigint();
     return {
       onResponse(status) {
         options.upstreamAnswered?.(status, Number(process.hrtime.bigint() - forwardedAt) / 1e9);
+        if (span !== undefined) tracing?.endWithStatus(span, status);
       },
       onFailure(kind, error) {
+        if (span !== undefined) tracing?.endWithStatus(span, kind === 'timeout' ? 504 : 502);
         logger.warn({ requestId: decision.requestId, upstreamError: error.message }, 'upstream request failed');
         const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
         // A session refreshed for this request still reaches the browser: its old cookie's refresh token
@@ -124,7 +128,10 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       if (problem !== undefined) return sendAnswer(reply, problemAnswer('BAD_REQUEST', problem, request.id));
     }
     const started = process.hrtime.bigint();
+    // The SERVER span, its parent the incoming request's trace context (only with tracing on).
+    const server = tracing?.startServerSpan('proxy', raw.method ?? 'GET', raw.headers);
     const decision = await engine.decide({
+      ...(server === undefined ? {} : { trace: server.context }),
       frontDoor: 'proxy',
       method: raw.method ?? 'GET',
       target: (raw as IncomingMessage & { originalUrl?: string }).originalUrl ?? raw.url ?? '',
@@ -136,29 +143,40 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       removesHeaders: true,
       readBody: bodyReader(raw),
     });
-    options.observe(decision, started);
+    options.observe(decision, started, tracing?.logIds(server));
     const target = decision.request;
-    if (decision.outcome !== 'allow' || target === undefined) return sendAnswer(reply, decision.answer);
+    if (decision.outcome !== 'allow' || target === undefined) {
+      if (server !== undefined) tracing?.recordDecision(server, decision);
+      return sendAnswer(reply, decision.answer);
+    }
+    let client: Span | undefined;
+    if (server !== undefined) {
+      tracing?.recordDecision(server, decision, true);
+      // The SERVER span ends with the answer to the client.
+      reply.raw.once('close', () => tracing?.endWithStatus(server.span, reply.raw.statusCode));
+    }
 
     reply.hijack();
     const query = decision.upstream.query;
     // The canonical path, with the query exactly as received minus token parameters.
     const path = query === undefined || query === '' ? target.path : `${target.path}?${query}`;
     const headers = upstreamHeaders(raw, decision);
+    // The app's parent span is our CLIENT span: its context goes with the forwarded request.
+    if (server !== undefined) client = tracing?.startClientSpan(server, raw.method ?? 'GET', headers);
     const added = decision.answer.headers;
     if (upgrade === undefined) {
       const res = reply.raw;
       forwarder.forward(
         { method: raw.method ?? 'GET', path, headers, raw, ...(Object.keys(added).length === 0 ? {} : { addToResponse: added }) },
         res,
-        callbacks(decision, (a) => writeAnswer(res, a)),
+        callbacks(decision, (a) => writeAnswer(res, a), client),
       );
       return undefined;
     }
     // The handshake headers (Sec-WebSocket-*) go as the client sent them; undici sets Connection and Upgrade.
     forwarder.upgrade(
       { path, headers, socket: upgrade.socket, head: upgrade.head, ...(Object.keys(added).length === 0 ? {} : { addToResponse: added }) },
-      callbacks(decision, (a) => writeAnswer(reply.raw, a)),
+      callbacks(decision, (a) => writeAnswer(reply.raw, a), client),
     );
     return undefined;
   }

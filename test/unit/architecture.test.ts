@@ -71,6 +71,27 @@ describe('architecture', () => {
     expect(violations).toEqual([]);
   });
 
+  it('only src/tracing/sdk.ts imports the OpenTelemetry SDK, and only src/sidecar.ts loads it, by a dynamic import', () => {
+    // With tracing off (no OTEL_TRACES_EXPORTER=otlp) nothing beyond @opentelemetry/api is loaded: the SDK,
+    // exporter, propagators and resources are reached only through the dynamic import in sidecar.ts, and
+    // the doors import the span helpers as types only.
+    const violations: string[] = [];
+    const sdk = join(SRC, 'tracing/sdk.ts');
+    const spans = join(SRC, 'tracing/spans.ts');
+    for (const file of tsFiles(SRC)) {
+      const text = readFileSync(file, 'utf8');
+      for (const specifier of specifiers(file)) {
+        if (specifier.startsWith('@opentelemetry/') && specifier !== '@opentelemetry/api' && file !== sdk) violations.push(`${rel(file)} imports ${specifier}`);
+        const target = resolveRelative(file, specifier);
+        if ((target === sdk || target === spans) && file !== join(SRC, 'sidecar.ts') && !new RegExp(`import type [^;]*'${specifier.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}'`).test(text)) {
+          violations.push(`${rel(file)} loads ${specifier}`);
+        }
+        if ((target === sdk || target === spans) && file === join(SRC, 'sidecar.ts') && !text.includes(`import('${specifier}')`)) violations.push(`sidecar.ts imports ${specifier} statically`);
+      }
+    }
+    expect(violations).toEqual([]);
+  });
+
   it('the bundle entry statically loads no door, no fastify, no gRPC, no undici', () => {
     const metaFile = join(ROOT, 'dist/bundle/meta.json');
     if (!existsSync(metaFile)) {

@@ -1,0 +1,109 @@
+/**
+ * The spans of DESIGN.md §9, with the OpenTelemetry API only (the SDK, when tracing is on, is registered
+ * behind it by sdk.ts). Doors call these only when tracing is on: with it off, the request path does no
+ * tracing work at all.
+ *
+ * - A SERVER span per request on every door, its parent the context of the call itself: the proxy's
+ *   incoming request, the HTTP check request's own headers, the gRPC call's metadata (never the original
+ *   request's headers carried inside a CheckRequest: Envoy's ext_authz span is the parent).
+ * - Stage spans (authentication, session, policy) as its children, through the engine's StageTracer.
+ * - On the proxy door, a CLIENT span for the forwarded request, injected into it (`traceparent`).
+ * - Attributes: http.request.method, url.path (canonical), http.response.status_code, authz.frontend,
+ *   authz.decision, authz.reason, enduser.id. Never a token, a cookie or another claim value.
+ */
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span, type TextMapGetter } from '@opentelemetry/api';
+import type { Decision } from '../core/decision.js';
+import type { StageTracer } from '../core/stages.js';
+
+const TRACER = 'authz-sidecar';
+
+type Carrier = Readonly<Record<string, string | readonly string[] | undefined>>;
+
+const getter: TextMapGetter<Carrier> = {
+  keys: (carrier) => Object.keys(carrier),
+  get(carrier, key) {
+    const value = carrier[key.toLowerCase()];
+    if (value === undefined) return undefined;
+    return typeof value === 'string' ? value : [...value];
+  },
+};
+
+export interface ServerSpan {
+  readonly span: Span;
+  readonly context: Context;
+}
+
+/** The SERVER span of a request, its parent extracted from the call's own headers or metadata. */
+export function startServerSpan(door: string, method: string, carrier: Carrier): ServerSpan {
+  const parent = propagation.extract(ROOT_CONTEXT, carrier, getter);
+  const span = trace.getTracer(TRACER).startSpan(
+    method,
+    { kind: SpanKind.SERVER, attributes: { 'http.request.method': method, 'authz.frontend': door } },
+    parent,
+  );
+  return { span, context: trace.setSpan(parent, span) };
+}
+
+/** The decision's attributes on the SERVER span (and its status); ends it unless `keepOpen`. */
+export function recordDecision(server: ServerSpan, decision: Decision, keepOpen = false): void {
+  const { span } = server;
+  span.setAttributes({
+    'authz.decision': decision.outcome,
+    'authz.reason': decision.reason,
+    'http.response.status_code': decision.answer.status,
+    ...(decision.request === undefined ? {} : { 'url.path': decision.request.path }),
+    ...(decision.identity === undefined || decision.identity.anonymous ? {} : { 'enduser.id': decision.identity.subject }),
+  });
+  if (decision.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: decision.reason });
+  if (!keepOpen) span.end();
+}
+
+/** The proxy door's CLIENT span for the forwarded request; its context is injected into `headers`. */
+export function startClientSpan(server: ServerSpan, method: string, headers: Record<string, string | string[] | undefined>): Span {
+  const span = trace.getTracer(TRACER).startSpan(`${method}`, { kind: SpanKind.CLIENT, attributes: { 'http.request.method': method } }, server.context);
+  // Our own context replaces whatever trace headers the client sent (the app's parent is this span).
+  for (const name of ['traceparent', 'tracestate', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-parentspanid', 'x-b3-sampled', 'x-b3-flags']) delete headers[name];
+  propagation.inject(trace.setSpan(server.context, span), headers, {
+    set(carrier, key, value) {
+      carrier[key] = value;
+    },
+  });
+  return span;
+}
+
+/** Ends a span with the answer's status code (5xx is an error). */
+export function endWithStatus(span: Span, status: number): void {
+  span.setAttribute('http.response.status_code', status);
+  if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+  span.end();
+}
+
+/** The ids for the decision log, when the span is recording (sampled). */
+export function logIds(server: ServerSpan | undefined): { readonly trace_id: string; readonly span_id: string } | undefined {
+  if (server === undefined || !server.span.isRecording()) return undefined;
+  const { traceId, spanId } = server.span.spanContext();
+  return { trace_id: traceId, span_id: spanId };
+}
+
+/** Stage spans for the engine (authentication, session, policy), children of the request's SERVER span. */
+export const STAGE_TRACER: StageTracer = {
+  async run(name, parent, fn) {
+    const span = trace.getTracer(TRACER).startSpan(name, { kind: SpanKind.INTERNAL }, parent as Context);
+    try {
+      return await context.with(trace.setSpan(parent as Context, span), fn);
+    } catch (err) {
+      span.setStatus({ code: SpanStatusCode.ERROR });
+      throw err;
+    } finally {
+      span.end();
+    }
+  },
+  runSync(name, parent, fn) {
+    const span = trace.getTracer(TRACER).startSpan(name, { kind: SpanKind.INTERNAL }, parent as Context);
+    try {
+      return fn();
+    } finally {
+      span.end();
+    }
+  },
+};
