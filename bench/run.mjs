@@ -189,7 +189,7 @@ function deployedNodeOptions() {
 }
 
 /** A sidecar of SIDECAR_ROOT's build, or of `root`'s (the baseline): the config is the same but for its ports. */
-async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, upstreamUrl, nodeOptions, root = SIDECAR_ROOT, signIn }) {
+async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), upstreamPort, upstreamUrl, nodeOptions, root = SIDECAR_ROOT, signIn, extraEnv = {} }) {
   const port = await freePort();
   const admin = await freePort();
   const config = {
@@ -205,7 +205,7 @@ async function startSidecar({ doors = {}, policy = join(work, 'policy.csv'), ups
   const file = join(work, `sidecar-${port}.json`);
   writeFileSync(file, JSON.stringify(config));
   const started = process.hrtime.bigint();
-  const env = nodeOptions === undefined ? process.env : { ...process.env, NODE_OPTIONS: nodeOptions };
+  const env = { ...process.env, ...extraEnv, ...(nodeOptions === undefined ? {} : { NODE_OPTIONS: nodeOptions }) };
   const child = pinned('node', [join(root, 'bin/authz-sidecar.js'), 'serve', '--config', file], { env });
   const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
@@ -467,6 +467,27 @@ async function main() {
     await Promise.all([withCookie.arrayBuffer(), without.arrayBuffer()]);
     if (withCookie.status !== 200 || without.status !== 401) throw new Error(`row 5r: expected 200 with the session ticket and 401 without, got ${withCookie.status} and ${without.status}`);
     compared.push({ id: '5r', name: `authz-sidecar proxy, browser session in Redis (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: { Cookie: session.cookie } }) });
+  }
+  if (want('5o')) {
+    // Row 5 with tracing on, every request sampled: spans exported over OTLP/HTTP protobuf to a sink on the
+    // load core that answers 200 (the export's own cost on the sidecar, without a collector's).
+    const sinkPort = await freePort();
+    const sink = createHttpServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/x-protobuf' });
+        res.end();
+      });
+    });
+    await new Promise((resolve) => sink.listen(sinkPort, '127.0.0.1', resolve));
+    stops.push(() => new Promise((resolve) => sink.close(resolve)));
+    const sidecar = await startSidecar({
+      upstreamPort,
+      extraEnv: { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${sinkPort}`, OTEL_TRACES_SAMPLER: 'always_on' },
+    });
+    stops.push(() => stopTree(sidecar.pid, sidecar.stop));
+    await expectAuth(http(sidecar.port));
+    compared.push({ id: '5o', name: `authz-sidecar proxy, tracing on, 100% sampled (${POLICY_LINES}-line policy)`, pid: sidecar.pid, load: load(http(sidecar.port), { headers: bearer }) });
   }
   if (want('5u')) {
     // The app on a unix socket instead of loopback TCP: what the usual advice for containers of one pod

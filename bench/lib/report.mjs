@@ -161,6 +161,7 @@ export function renderMarkdown(result) {
   ratio('5u', '5', 'upstream on a unix socket (5u) / on loopback TCP (5)');
   ratio('5s', '5', 'browser session cookie (5s) / bearer token (5)');
   ratio('5r', '5s', 'session in Redis (5r) / in the cookie (5s)');
+  ratio('5o', '5', 'tracing on, 100% sampled (5o) / off (5)');
   ratio('6', '5', 'cold caches (6) / warm (5)');
   ratio('7h', '5', 'ext_authz HTTP (7h) / sidecar proxy (5)');
   ratio('7g', '7h', 'ext_authz gRPC (7g) / ext_authz HTTP (7h)');

@@ -59,6 +59,8 @@ export interface AccessRequest {
   readonly requestId: string;
   /** The body, for the one route that reads one (back-channel logout); never read for a decision. */
   readonly readBody?: BodyReader | undefined;
+  /** The door's span context when tracing is on (opaque to the core). */
+  readonly trace?: unknown;
 }
 
 /** Builds a HeaderMap with a null prototype, so a header named `__proto__` or `constructor` is just data. */

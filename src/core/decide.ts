@@ -243,6 +243,7 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
         peer: wire.peer,
         requestId,
         ...(wire.readBody === undefined ? {} : { readBody: wire.readBody }),
+        ...(wire.trace === undefined ? {} : { trace: wire.trace }),
       };
     } catch (err) {
       if (err instanceof AuthzSidecarError) return deny(err.code, err.detail, requestId, undefined);

@@ -9,6 +9,7 @@
  * cleared); a callback that fails any check starts no session (400); the provider down while a session's
  * access token has expired is a 503, never an allow.
  */
+import { trace, TraceFlags, type Context } from '@opentelemetry/api';
 import * as client from 'openid-client';
 import { decodeJwt } from 'jose';
 import type { SignInConfig } from '../config/schema.js';
@@ -306,7 +307,10 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     const cookies = parseCookies(request.headers['cookie']);
     // A very long return URL is not kept (five pending sign-ins must stay small): the sign-in ends on `/`.
     const returnTo = rd.location.length > MAX_STORED_RETURN_URL ? '/' : rd.location;
-    const lines = await states.begin({ state, nonce, verifier, provider: provider.name, returnTo, createdAt: now() }, cookies, now());
+    // With tracing on, the start's span is remembered so that the callback's span links to it: one journey.
+    const started = request.trace === undefined ? undefined : trace.getSpanContext(request.trace as Context);
+    const link = started === undefined ? {} : { traceId: started.traceId, spanId: started.spanId };
+    const lines = await states.begin({ state, nonce, verifier, provider: provider.name, returnTo, createdAt: now(), ...link }, cookies, now());
     return redirect(url.href, lines, `sign-in started at ${provider.name}`);
   }
 
@@ -319,6 +323,9 @@ export function createBrowserSessions(options: BrowserSessionsOptions): BrowserS
     if (pending === undefined) {
       events.signIn?.('unknown', 'failure');
       return refuse('SIGNIN_FAILED', 'no pending sign-in has this state (its cookie is missing, expired or from another browser)', id, clear);
+    }
+    if (request.trace !== undefined && pending.traceId !== undefined && pending.spanId !== undefined) {
+      trace.getSpan(request.trace as Context)?.addLink({ context: { traceId: pending.traceId, spanId: pending.spanId, traceFlags: TraceFlags.SAMPLED } });
     }
     const provider = providers.get(pending.provider);
     const configuration = provider?.configuration();

@@ -47,6 +47,9 @@ export interface PendingSignIn {
   readonly provider: string;
   readonly returnTo: string;
   readonly createdAt: number;
+  /** The start's trace and span ids when tracing is on: the callback links its span to them. */
+  readonly traceId?: string | undefined;
+  readonly spanId?: string | undefined;
 }
 
 export interface CookieSettings {
@@ -258,11 +261,12 @@ export function createStateCookies(settings: CookieSettings, codec: CookieCodec)
     if (value === undefined) return undefined;
     const p = await codec.open(value, new Date(now * 1000));
     if (p === undefined) return undefined;
-    const { state, nonce, verifier, provider, returnTo, createdAt } = p as Record<string, unknown>;
+    const { state, nonce, verifier, provider, returnTo, createdAt, traceId, spanId } = p as Record<string, unknown>;
     if (typeof state !== 'string' || typeof nonce !== 'string' || typeof verifier !== 'string' || typeof provider !== 'string' || typeof returnTo !== 'string' || typeof createdAt !== 'number') {
       return undefined;
     }
-    return { state, nonce, verifier, provider, returnTo, createdAt };
+    const linked = typeof traceId === 'string' && typeof spanId === 'string' ? { traceId, spanId } : {};
+    return { state, nonce, verifier, provider, returnTo, createdAt, ...linked };
   }
 
   return {
