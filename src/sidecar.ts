@@ -16,6 +16,7 @@ import type { DecisionEngine } from './core/decide.js';
 import { buildEngine, type EngineBuildOptions } from './engine.js';
 import type { DecisionObserver, DoorTracing, FrontDoor } from './frontends/front-door.js';
 import { tracingFromEnv } from './tracing/config.js';
+import { setIdpFetch } from './authn/idp-fetch.js';
 
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
@@ -103,8 +104,12 @@ export async function startSidecar(
   if (tracingConfig !== undefined) {
     const [sdk, spans] = await Promise.all([import('./tracing/sdk.js'), import('./tracing/spans.js')]);
     const running = sdk.startTracing(tracingConfig, { onDropped: (count) => metrics.spansDropped.inc(count) });
-    stopTracing = () => running.shutdown();
+    stopTracing = async () => {
+      setIdpFetch(undefined);
+      await running.shutdown();
+    };
     tracing = spans;
+    setIdpFetch(spans.tracedFetch);
     logger.info({ sampler: tracingConfig.sampler.kind, propagators: tracingConfig.propagators }, 'tracing on (OTLP)');
   }
   const { engine, authorizer, reloadKeyFiles } = await buildEngine(config, {

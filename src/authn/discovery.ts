@@ -5,6 +5,7 @@
  * `introspection_endpoint`. Discovery runs at startup and is retried until it succeeds; readiness waits.
  */
 import * as client from 'openid-client';
+import { idpFetch } from './idp-fetch.js';
 import { DEFAULT_INTROSPECTION_AUTH_METHOD } from '../config/defaults.js';
 import { createRemoteKeySource, KeysUnavailableError, type KeySource, type RemoteKeySourceOptions } from './jwks-source.js';
 
@@ -41,10 +42,12 @@ export async function discover(issuer: string, options: DiscoveryOptions = {}): 
   const url = new URL(issuer);
   const auth = options.clientSecret === undefined ? client.None() : clientAuthentication(options.authMethod ?? DEFAULT_INTROSPECTION_AUTH_METHOD, options.clientSecret);
   const config = await client.discovery(url, options.clientId ?? 'authz-sidecar', undefined, auth, {
+    [client.customFetch]: idpFetch,
     execute: insecureAllowed(url) ? [client.allowInsecureRequests] : [],
     timeout: options.timeoutSeconds ?? DEFAULT_DISCOVERY_TIMEOUT_SECONDS,
   });
   config.timeout = options.timeoutSeconds ?? DEFAULT_DISCOVERY_TIMEOUT_SECONDS;
+  config[client.customFetch] = idpFetch;
   return config;
 }
 

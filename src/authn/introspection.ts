@@ -10,6 +10,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import * as client from 'openid-client';
+import { idpFetch } from './idp-fetch.js';
 import { copyClaims, type Claims } from '../core/identity.js';
 import type { ReasonCode } from '../core/errors.js';
 import type { Authenticator, AuthnResult } from '../core/stages.js';
@@ -98,6 +99,7 @@ export function createIntrospectionAuthenticator(
     if (o.endpoint !== undefined) {
       const url = new URL(o.endpoint);
       const config = new client.Configuration({ issuer: o.issuer, introspection_endpoint: o.endpoint }, o.clientId, undefined, auth);
+      config[client.customFetch] = idpFetch;
       if (url.protocol === 'http:') client.allowInsecureRequests(config);
       config.timeout = timeoutSeconds;
       state.config = config;

@@ -19,6 +19,7 @@ import {
   type JWTVerifyGetKey,
 } from 'jose';
 import { SidecarError } from '../core/errors.js';
+import { idpFetch } from './idp-fetch.js';
 
 export const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
 export const DEFAULT_JWKS_COOLDOWN_MS = 30_000;
@@ -98,7 +99,7 @@ function isPublicKey(key: unknown): boolean {
 
 /** Fetches and checks one JWKS document; throws on anything that is not a usable key set. */
 export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): Promise<{ jwks: JSONWebKeySet; keys: JWTVerifyGetKey }> {
-  const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'error', headers: { accept: 'application/json' } });
+  const response = await idpFetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'error', headers: { accept: 'application/json' } });
   if (response.status !== 200) {
     await response.body?.cancel();
     throw new Error(`JWKS endpoint answered HTTP ${response.status}`);

@@ -251,7 +251,10 @@ export function createDecisionEngine(options: DecisionEngineOptions): DecisionEn
     }
 
     // The sidecar's own routes: answered whatever credentials the request carries.
-    if (sessions?.isRoute(request.path) === true) return routeDecision(request);
+    if (sessions?.isRoute(request.path) === true) {
+      const routed = request;
+      return stages !== undefined && wire.trace !== undefined ? stages.run('authz-sidecar.signin', wire.trace, () => routeDecision(routed)) : routeDecision(request);
+    }
 
     const credential = credentials.extract(request.headers, request.query);
     if (credential.kind === 'error') return deny(credential.reason, credential.detail, requestId, request);

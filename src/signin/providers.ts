@@ -5,7 +5,8 @@
  * and plain http allowed on loopback only. The provider's JWKS (jose, cached) also verifies back-channel
  * logout tokens.
  */
-import { createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
+import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey } from 'jose';
+import { idpFetch } from '../authn/idp-fetch.js';
 import * as client from 'openid-client';
 import type { SignInProviderConfig } from '../config/schema.js';
 import { isSecureOrLoopback, retryUntilDone } from '../authn/discovery.js';
@@ -45,10 +46,12 @@ export function createSignInProvider(config: SignInProviderConfig, clientSecret:
     async () => {
       const auth = clientSecret === undefined ? client.None() : client.ClientSecretBasic(clientSecret);
       const discovered = await client.discovery(issuerUrl, config.clientId, undefined, auth, {
+        [client.customFetch]: idpFetch,
         execute: insecure ? [client.allowInsecureRequests] : [],
         timeout: PROVIDER_TIMEOUT_SECONDS,
       });
       discovered.timeout = PROVIDER_TIMEOUT_SECONDS;
+      discovered[client.customFetch] = idpFetch;
       const metadata = discovered.serverMetadata();
       for (const [what, uri] of [
         ['authorization_endpoint', metadata.authorization_endpoint],
@@ -62,7 +65,7 @@ export function createSignInProvider(config: SignInProviderConfig, clientSecret:
       client.enableNonRepudiationChecks(discovered);
       const supported = (metadata.id_token_signing_alg_values_supported ?? []).filter((a) => a !== 'none');
       if (supported.length > 0) algorithms = supported;
-      keys = createRemoteJWKSet(new URL(metadata.jwks_uri as string), { timeoutDuration: PROVIDER_TIMEOUT_SECONDS * 1000 });
+      keys = createRemoteJWKSet(new URL(metadata.jwks_uri as string), { timeoutDuration: PROVIDER_TIMEOUT_SECONDS * 1000, [customFetch]: idpFetch });
       configuration = discovered;
     },
     (err) => events.discoveryFailed?.(config.name, err),

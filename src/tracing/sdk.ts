@@ -6,7 +6,8 @@
  * stages are traced by hand (spans.ts). A collector that cannot be reached never affects a request: spans
  * the exporter could not deliver are counted and dropped.
  */
-import { propagation, trace, type TextMapPropagator } from '@opentelemetry/api';
+import { context, propagation, trace, type TextMapPropagator } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator, ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { B3InjectEncoding, B3Propagator } from '@opentelemetry/propagator-b3';
@@ -90,11 +91,14 @@ export function startTracing(config: TracingConfig, options: { readonly onDroppe
   const provider = new TracerProvider({ resource, sampler: samplerOf(config.sampler), spanProcessors: [processor] });
   trace.setGlobalTracerProvider(provider);
   propagation.setGlobalPropagator(propagatorOf(config.propagators));
+  // The stage spans' context reaches the identity provider calls they make (their CLIENT spans' parent).
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   return {
     async shutdown() {
       await provider.shutdown().catch(() => undefined);
       trace.disable();
       propagation.disable();
+      context.disable();
     },
   };
 }

@@ -27,7 +27,7 @@ afterAll(async () => {
   await receiver?.close();
 });
 
-it("links the callback's span to the start's, and ends on the page with its own trace", async () => {
+it("links the callback's span to the start's; the code exchange is a CLIENT span of the callback's trace", async () => {
   const browser = env.browser();
   const page = await env.signIn(browser, '/orders/5');
   expect(page.status).toBe(200);
@@ -37,6 +37,12 @@ it("links the callback's span to the start's, and ends on the page with its own 
   expect(start).toBeDefined();
   expect(callback?.links).toEqual([expect.objectContaining({ traceId: start?.traceId, spanId: start?.spanId })]);
   expect(callback?.attributes).toMatchObject({ 'authz.decision': 'signIn', 'authz.reason': 'SIGNIN_REDIRECT' });
+  // The code exchange is a CLIENT span under the callback's sign-in stage, and the provider got its context.
+  const stage = spans.find((s) => s.traceId === callback?.traceId && s.name === 'authz-sidecar.signin');
+  expect(stage?.parentSpanId).toBe(callback?.spanId);
+  const exchange = spans.find((s) => s.traceId === callback?.traceId && s.kind === 'CLIENT' && s.attributes['url.path'] === '/token');
+  expect(exchange?.parentSpanId).toBe(stage?.spanId);
+  expect(exchange?.attributes).toMatchObject({ 'http.request.method': 'POST', 'server.address': '127.0.0.1', 'http.response.status_code': 200 });
   // No session cookie, token or claim value in any span.
   const everything = Buffer.concat(receiver.rawBodies()).toString('latin1');
   const session = browser.cookies.all().find((c) => c.name === 'authz')?.value ?? 'missing';
