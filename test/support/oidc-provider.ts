@@ -25,9 +25,8 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
-import type * as OidcProviderModule from 'oidc-provider';
-import type { Adapter, Configuration, Provider as OidcProvider } from 'oidc-provider';
+import type { Configuration, Provider as OidcProvider } from 'oidc-provider';
+import { closeServer, createAdapterFactory, generateSigningKey, listen, loadOidcProvider, quietly, type SigningKey } from './oidc-provider-common.js';
 
 export interface TestProviderOptions {
   /** clients to register: id, secret, and the roles claim value to put into access tokens issued to it */
@@ -131,7 +130,6 @@ const DEFAULT_CLIENTS = [{ clientId: 'orders-client', clientSecret: 'orders-clie
 /** Scopes oidc-provider treats as OpenID Connect scopes; not meaningful for client_credentials resource tokens. */
 const OIDC_SCOPES = new Set(['openid', 'offline_access']);
 
-type SigningKey = Record<string, unknown> & { kid: string };
 
 export async function startTestProvider(opts: TestProviderOptions = {}): Promise<TestProvider> {
   const opaqueAudiences = opts.opaqueAudiences ?? [];
@@ -191,7 +189,7 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
   const { port } = server.address() as AddressInfo;
   const issuer = `http://127.0.0.1:${port}`;
 
-  const adapter = createAdapterFactory(); // shared by every provider instance (rotation keeps the tokens)
+  const adapter = createAdapterFactory(new Map()); // shared by every provider instance (rotation keeps the tokens)
   let keys: SigningKey[] = [await generateSigningKey()];
 
   const buildConfiguration = (signingKid: string): Configuration => ({
@@ -415,34 +413,6 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
   };
 }
 
-async function generateSigningKey(): Promise<SigningKey> {
-  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
-  const jwk = await exportJWK(privateKey);
-  return { ...jwk, kid: await calculateJwkThumbprint(jwk), alg: 'RS256', use: 'sig' };
-}
-
-/** Listens on 127.0.0.1 (port 0 = any free port). */
-function listen(server: Server, port: number): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException): void => {
-      reject(new Error(`cannot listen on 127.0.0.1:${port}: ${err.code ?? err.message}`));
-    };
-    server.once('error', onError);
-    server.listen(port, '127.0.0.1', () => {
-      server.off('error', onError);
-      resolve();
-    });
-  });
-}
-
-/** Stops listening and destroys every open connection (keep-alive, in-flight and hung ones alike). */
-function closeServer(server: Server): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    server.close((err) => (err ? reject(err) : resolve()));
-    server.closeAllConnections();
-  });
-}
-
 /** application/x-www-form-urlencoded, as RFC 6749 section 2.3.1 requires for client_secret_basic credentials. */
 function formEncode(value: string): string {
   return encodeURIComponent(value).replace(/%20/g, '+');
@@ -450,120 +420,4 @@ function formEncode(value: string): string {
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-/**
- * Private in-memory storage per provider (oidc-provider's built-in MemoryAdapter works too, but using it prints
- * a "development-only in-memory adapter" warning on every construction).
- */
-function createAdapterFactory(): (name: string) => Adapter {
-  const store = new Map<string, { payload: Record<string, unknown>; expiresAt: number }>();
-  const get = (key: string): Record<string, unknown> | undefined => {
-    const entry = store.get(key);
-    if (entry === undefined) return undefined;
-    if (entry.expiresAt <= Date.now()) {
-      store.delete(key);
-      return undefined;
-    }
-    return entry.payload;
-  };
-  return (name) => {
-    const key = (id: string): string => `${name}:${id}`;
-    const findBy = (field: string, value: string): Record<string, unknown> | undefined => {
-      for (const k of store.keys()) {
-        if (!k.startsWith(`${name}:`)) continue;
-        const payload = get(k);
-        if (payload !== undefined && payload[field] === value) return payload;
-      }
-      return undefined;
-    };
-    return {
-      upsert(id, payload, expiresIn) {
-        const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Number.POSITIVE_INFINITY;
-        store.set(key(id), { payload: { ...payload }, expiresAt });
-        return Promise.resolve();
-      },
-      find(id) {
-        return Promise.resolve(get(key(id)));
-      },
-      findByUserCode(userCode) {
-        return Promise.resolve(findBy('userCode', userCode));
-      },
-      findByUid(uid) {
-        return Promise.resolve(findBy('uid', uid));
-      },
-      consume(id) {
-        const payload = get(key(id));
-        if (payload !== undefined) payload.consumed = Math.floor(Date.now() / 1000);
-        return Promise.resolve();
-      },
-      destroy(id) {
-        store.delete(key(id));
-        return Promise.resolve();
-      },
-      revokeByGrantId(grantId) {
-        for (const k of [...store.keys()]) {
-          if (store.get(k)?.payload.grantId === grantId) store.delete(k);
-        }
-        return Promise.resolve();
-      },
-    };
-  };
-}
-
-let modulePromise: Promise<typeof OidcProviderModule> | undefined;
-
-/** Loads oidc-provider once per process, dropping the "Unsupported runtime" warning it prints on Node < 22. */
-function loadOidcProvider(): Promise<typeof OidcProviderModule> {
-  modulePromise ??= (async () => {
-    const restore = muteProviderNotices();
-    try {
-      return await import('oidc-provider');
-    } finally {
-      restore();
-    }
-  })();
-  return modulePromise;
-}
-
-function quietly<T>(fn: () => T): T {
-  const restore = muteProviderNotices();
-  try {
-    return fn();
-  } finally {
-    restore();
-  }
-}
-
-let muteDepth = 0;
-let unmuted: { warn: typeof console.warn; info: typeof console.info } | undefined;
-
-/**
- * Filters console.warn/console.info lines that oidc-provider's `attention` helper prints
- * ("oidc-provider WARNING: ..." / "oidc-provider NOTICE: ...", possibly wrapped in ANSI colours); everything
- * else passes through untouched. Re-entrant; returns the undo function.
- */
-function muteProviderNotices(): () => void {
-  if (muteDepth++ === 0) {
-    const original = { warn: console.warn, info: console.info };
-    unmuted = original;
-    const isNotice = (args: unknown[]): boolean =>
-      typeof args[0] === 'string' && /oidc-provider (?:WARNING|NOTICE): /.test(args[0]);
-    console.warn = (...args: unknown[]) => {
-      if (!isNotice(args)) original.warn(...args);
-    };
-    console.info = (...args: unknown[]) => {
-      if (!isNotice(args)) original.info(...args);
-    };
-  }
-  let undone = false;
-  return () => {
-    if (undone) return;
-    undone = true;
-    if (--muteDepth === 0 && unmuted !== undefined) {
-      console.warn = unmuted.warn;
-      console.info = unmuted.info;
-      unmuted = undefined;
-    }
-  };
 }
