@@ -22,6 +22,7 @@ import {
   type ReadableSpan,
   type Sampler,
   type SpanExporter,
+  type SpanProcessor,
 } from '@opentelemetry/sdk-trace';
 import type { SamplerConfig, TracingConfig } from './config.js';
 
@@ -77,17 +78,50 @@ function counting(exporter: SpanExporter, onDropped: (count: number) => void): S
   };
 }
 
-export function startTracing(config: TracingConfig, options: { readonly onDropped: (count: number) => void }): RunningTracing {
-  const detected = detectResources({ detectors: [envDetector] });
-  const resource = resourceFromAttributes({ 'service.name': 'authz-sidecar' }).merge(detected);
-  const processor = new BatchSpanProcessor({
-    exporter: counting(new OTLPTraceExporter(), options.onDropped),
-    // A full queue drops spans rather than holding memory: a collector that is down costs nothing more.
-    maxQueueSize: 2048,
+/** The batch queue: spans past it are dropped (and counted) rather than held while a collector is slow or down. */
+const MAX_QUEUE = 2048;
+
+/**
+ * A batch processor whose queue overflow is counted too: the SDK drops spans past its queue silently. The
+ * count of spans queued goes up at each span's end and down when a batch is handed to the exporter.
+ */
+function countingQueue(exporter: SpanExporter, onDropped: (count: number) => void): SpanProcessor {
+  let queued = 0;
+  const inner = new BatchSpanProcessor({
+    exporter: {
+      export(spans, done) {
+        queued = Math.max(0, queued - spans.length);
+        exporter.export(spans, done);
+      },
+      shutdown: () => exporter.shutdown(),
+      forceFlush: () => exporter.forceFlush?.() ?? Promise.resolve(),
+    },
+    maxQueueSize: MAX_QUEUE,
     maxExportBatchSize: 512,
     scheduledDelayMillis: 1000,
     exportTimeoutMillis: 5000,
   });
+  return {
+    onStart: (span, parent) => inner.onStart(span, parent),
+    onEnd(span) {
+      if (!span.spanContext().traceFlags) return inner.onEnd(span);
+      if (queued >= MAX_QUEUE) {
+        onDropped(1);
+        return;
+      }
+      queued++;
+      inner.onEnd(span);
+    },
+    forceFlush: () => inner.forceFlush(),
+    shutdown: () => inner.shutdown(),
+  };
+}
+
+export function startTracing(config: TracingConfig, options: { readonly onDropped: (count: number) => void }): RunningTracing {
+  const detected = detectResources({ detectors: [envDetector] });
+  const resource = resourceFromAttributes({ 'service.name': 'authz-sidecar' }).merge(detected);
+  // A full queue drops spans rather than holding memory: a collector that is down costs nothing more.
+  const processor = countingQueue(counting(new OTLPTraceExporter(), options.onDropped), options.onDropped);
   const provider = new TracerProvider({ resource, sampler: samplerOf(config.sampler), spanProcessors: [processor] });
   trace.setGlobalTracerProvider(provider);
   propagation.setGlobalPropagator(propagatorOf(config.propagators));

@@ -46,7 +46,7 @@ beforeAll(async () => {
   process.env['OTEL_PROPAGATORS'] = 'tracecontext,baggage,b3multi';
   sidecar = await startTestSidecar({
     upstream: { url: upstream.url },
-    extAuthz: { grpc: { listen: '127.0.0.1:0' } },
+    extAuthz: { grpc: { listen: '127.0.0.1:0' }, http: { listen: '127.0.0.1:0' } },
     authn: { jwt: [{ issuer: ISSUER, audiences: [AUDIENCE], jwksFile: join(dir, 'jwks.json'), algorithms: ['RS256'] }] },
   });
 });
@@ -149,6 +149,17 @@ describe('tracing', () => {
     expect(server?.parentSpanId).toBe(envoySpan);
     expect(server?.attributes['authz.frontend']).toBe('extAuthzGrpc');
     expect(receiver.spans().some((s) => s.traceId === originalTrace)).toBe(false);
+  });
+
+  it("takes the HTTP ext_authz parent from the check request's own headers (the call), and answers the check", async () => {
+    const envoyTrace = hex(16);
+    const envoySpan = hex(8);
+    const res = await fetch(`http://${sidecar.extAuthz.http ?? ''}/orders/1`, { headers: { authorization: `Bearer ${reader}`, traceparent: `00-${envoyTrace}-${envoySpan}-01` } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-auth-subject')).toBe('alice');
+    const server = (await traceOf(envoyTrace)).find((s) => s.kind === 'SERVER');
+    expect(server?.parentSpanId).toBe(envoySpan);
+    expect(server?.attributes).toMatchObject({ 'authz.frontend': 'extAuthzHttp', 'authz.decision': 'allow', 'url.path': '/orders/1' });
   });
 
   it('never fails a request because the collector is down, and counts the spans it could not deliver', async () => {
