@@ -154,7 +154,7 @@ export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor 
     // The parent is the gRPC call's own metadata (Envoy's ext_authz span), never the original request's
     // headers inside the CheckRequest.
     const server = options.tracing?.startServerSpan('extAuthzGrpc', http.method, metadataCarrier(metadata));
-    const decision = await engine.decide({
+    const deciding = engine.decide({
       ...(server === undefined ? {} : { trace: server.context }),
       frontDoor: 'extAuthzGrpc',
       method: http.method,
@@ -171,6 +171,11 @@ export function createExtAuthzGrpcDoor(options: ExtAuthzGrpcOptions): FrontDoor 
         const body = http.raw_body !== undefined && http.raw_body.length > 0 ? http.raw_body.toString('utf8') : (http.body ?? '');
         return Promise.resolve(Buffer.byteLength(body) > limit ? undefined : body);
       },
+    });
+    // A decision that throws (a bug) still ends its span.
+    const decision = await deciding.catch((err: unknown) => {
+      server?.span.end();
+      throw err;
     });
     options.observe(decision, started, options.tracing?.logIds(server));
     if (server !== undefined) options.tracing?.recordDecision(server, decision);

@@ -59,7 +59,7 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
     if ('error' in original) return sendAnswer(reply, problemAnswer('BAD_REQUEST', original.error, requestId));
     // The parent is the check call's own trace context (Envoy's ext_authz span, the proxy's auth request).
     const server = options.tracing?.startServerSpan(door.name, original.method, raw.headers);
-    const decision = await engine.decide({
+    const deciding = engine.decide({
       ...(server === undefined ? {} : { trace: server.context }),
       method: original.method,
       target: original.target,
@@ -74,6 +74,11 @@ export function createHttpCheckDoor(door: CheckDoor, options: HttpCheckDoorOptio
       // Envoy sends the original body with the check when told to (with_request_body); nginx proxies the
       // sign-in routes with theirs.
       readBody: bodyReader(raw),
+    });
+    // A decision that throws (a bug) still ends its span.
+    const decision = await deciding.catch((err: unknown) => {
+      server?.span.end();
+      throw err;
     });
     options.observe(decision, started, options.tracing?.logIds(server));
     if (server !== undefined) options.tracing?.recordDecision(server, decision);

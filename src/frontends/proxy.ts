@@ -12,7 +12,7 @@
  */
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { finished, type Duplex } from 'node:stream';
 import type { Span } from '@opentelemetry/api';
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import { headerMapFromRaw } from '../core/access-request.js';
@@ -45,6 +45,16 @@ interface Upgrade {
  * RFC 6455 §4.2.1: what a WebSocket opening handshake must carry. Anything else that asks to upgrade (h2c
  * included: a known way to smuggle requests past a proxy's checks) is refused before the decision.
  */
+/** A decision that throws (a bug) still ends its span. */
+async function endOnThrow<T>(server: { readonly span: { end(): void } } | undefined, decision: Promise<T>): Promise<T> {
+  try {
+    return await decision;
+  } catch (err) {
+    server?.span.end();
+    throw err;
+  }
+}
+
 function handshakeProblem(raw: IncomingMessage): string | undefined {
   if (raw.method !== 'GET') return 'an upgrade must be a GET request';
   if (raw.headers.upgrade?.toLowerCase() !== 'websocket') return 'only WebSocket upgrades are accepted';
@@ -130,7 +140,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     const started = process.hrtime.bigint();
     // The SERVER span, its parent the incoming request's trace context (only with tracing on).
     const server = tracing?.startServerSpan('proxy', raw.method ?? 'GET', raw.headers);
-    const decision = await engine.decide({
+    const decision = await endOnThrow(server, engine.decide({
       ...(server === undefined ? {} : { trace: server.context }),
       frontDoor: 'proxy',
       method: raw.method ?? 'GET',
@@ -142,7 +152,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       rewritesPath: true,
       removesHeaders: true,
       readBody: bodyReader(raw),
-    });
+    }));
     options.observe(decision, started, tracing?.logIds(server));
     const target = decision.request;
     if (decision.outcome !== 'allow' || target === undefined) {
@@ -153,7 +163,8 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     if (server !== undefined) {
       tracing?.recordDecision(server, decision, true);
       // The SERVER span ends with the answer to the client.
-      reply.raw.once('close', () => tracing?.endWithStatus(server.span, reply.raw.statusCode));
+      // finished() also fires for a client already gone while the decision was made.
+      finished(reply.raw, () => tracing?.endWithStatus(server.span, reply.raw.statusCode));
     }
 
     reply.hijack();

@@ -80,6 +80,8 @@ function counting(exporter: SpanExporter, onDropped: (count: number) => void): S
 
 /** The batch queue: spans past it are dropped (and counted) rather than held while a collector is slow or down. */
 const MAX_QUEUE = 2048;
+/** What is still queued at shutdown gets this long to be exported. */
+const SHUTDOWN_MS = 2_000;
 
 /**
  * A batch processor whose queue overflow is counted too: the SDK drops spans past its queue silently. The
@@ -121,7 +123,10 @@ export function startTracing(config: TracingConfig, options: { readonly onDroppe
   const detected = detectResources({ detectors: [envDetector] });
   const resource = resourceFromAttributes({ 'service.name': 'authz-sidecar' }).merge(detected);
   // A full queue drops spans rather than holding memory: a collector that is down costs nothing more.
-  const processor = countingQueue(counting(new OTLPTraceExporter(), options.onDropped), options.onDropped);
+  // The exporter's own timeout no longer than the batch's (its default is 10 s), unless the environment says.
+  const timeout = process.env['OTEL_EXPORTER_OTLP_TRACES_TIMEOUT'] ?? process.env['OTEL_EXPORTER_OTLP_TIMEOUT'];
+  const exporter = timeout === undefined ? new OTLPTraceExporter({ timeoutMillis: 5000 }) : new OTLPTraceExporter();
+  const processor = countingQueue(counting(exporter, options.onDropped), options.onDropped);
   const provider = new TracerProvider({ resource, sampler: samplerOf(config.sampler), spanProcessors: [processor] });
   trace.setGlobalTracerProvider(provider);
   propagation.setGlobalPropagator(propagatorOf(config.propagators));
@@ -129,7 +134,10 @@ export function startTracing(config: TracingConfig, options: { readonly onDroppe
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   return {
     async shutdown() {
-      await provider.shutdown().catch(() => undefined);
+      // Bounded: a collector that hangs must not hold the exit past the pod's grace period.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([provider.shutdown().catch(() => undefined), new Promise<void>((resolve) => (timer = setTimeout(resolve, SHUTDOWN_MS)))]);
+      clearTimeout(timer);
       trace.disable();
       propagation.disable();
       context.disable();

@@ -33,12 +33,16 @@ export interface ServerSpan {
   readonly context: Context;
 }
 
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
+
 /** The SERVER span of a request, its parent extracted from the call's own headers or metadata. */
 export function startServerSpan(door: string, method: string, carrier: Carrier): ServerSpan {
   const parent = propagation.extract(ROOT_CONTEXT, carrier, getter);
+  // A method a client made up (X-Forwarded-Method) names no span: `HTTP` and `_OTHER` (semantic conventions).
+  const known = KNOWN_METHODS.has(method);
   const span = trace.getTracer(TRACER).startSpan(
-    method,
-    { kind: SpanKind.SERVER, attributes: { 'http.request.method': method, 'authz.frontend': door } },
+    known ? method : 'HTTP',
+    { kind: SpanKind.SERVER, attributes: { 'http.request.method': known ? method : '_OTHER', 'authz.frontend': door } },
     parent,
   );
   return { span, context: trace.setSpan(parent, span) };
@@ -124,7 +128,10 @@ export async function tracedFetch(input: string | URL | Request, init?: RequestI
     attributes: { 'http.request.method': method, 'server.address': url.hostname, 'url.path': url.pathname },
   }, parent);
   const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
-  propagation.inject(trace.setSpan(parent, span), headers, {
+  // Only our trace context goes to the provider: never the client's baggage or tracestate (client-controlled
+  // data on our authenticated calls to a third party).
+  const own = trace.setSpanContext(ROOT_CONTEXT, { ...span.spanContext(), traceState: undefined });
+  propagation.inject(own, headers, {
     set(carrier, key, value) {
       carrier.set(key, value);
     },
