@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { arr, isObj, obj, str, type Obj } from '../support/yaml-docs.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -22,22 +23,7 @@ const K8S_DIR = path.join(K8S_ROOT, 'base');
 const ISTIO_DIR = path.join(ROOT, 'deploy/istio');
 const COMPOSE_FILE = path.join(ROOT, 'deploy/compose/compose.yaml');
 
-type Obj = Record<string, unknown>;
 interface Doc { file: string; index: number; value: Obj }
-
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-function obj(v: unknown, what: string): Obj {
-  if (!isObj(v)) throw new Error(`${what}: expected an object, got ${JSON.stringify(v)}`);
-  return v;
-}
-function arr(v: unknown, what: string): unknown[] {
-  if (!Array.isArray(v)) throw new Error(`${what}: expected a list, got ${JSON.stringify(v)}`);
-  return v;
-}
-function str(v: unknown, what: string): string {
-  if (typeof v !== 'string' || v === '') throw new Error(`${what}: expected a non-empty string, got ${JSON.stringify(v)}`);
-  return v;
-}
 
 async function yamlFiles(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((f) => /\.ya?ml$/.test(f)).sort().map((f) => path.join(dir, f));

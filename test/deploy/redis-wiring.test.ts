@@ -18,7 +18,7 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, parseAllDocuments } from 'yaml';
+import { parse } from 'yaml';
 import { DEFAULT_REDIS_KEY_PREFIX } from '../../src/config/defaults.js';
 import { validateConfig } from '../../src/config/load.js';
 import { ROOT } from '../support/cli.js';
@@ -27,30 +27,7 @@ import { signInAtProvider, ScriptedBrowser } from '../support/scripted-browser.j
 import { startServe, type ServeProcess } from '../support/serve.js';
 import { freePort, startRecordingUpstream, type RecordingUpstream } from '../support/upstream.js';
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-function obj(v: unknown, what: string): Obj {
-  if (!isObj(v)) throw new Error(`${what}: expected an object, got ${JSON.stringify(v)}`);
-  return v;
-}
-function arr(v: unknown, what: string): unknown[] {
-  if (!Array.isArray(v)) throw new Error(`${what}: expected a list, got ${JSON.stringify(v)}`);
-  return v;
-}
-function str(v: unknown, what: string): string {
-  if (typeof v !== 'string' || v === '') throw new Error(`${what}: expected a non-empty string, got ${JSON.stringify(v)}`);
-  return v;
-}
-const read = (file: string): Promise<string> => readFile(path.join(ROOT, file), 'utf8');
-async function docsOf(file: string): Promise<Obj[]> {
-  return parseAllDocuments(await read(file))
-    .map((d) => {
-      expect(d.errors, `${file}: YAML errors`).toEqual([]);
-      return d.toJS() as unknown;
-    })
-    .filter((d) => d !== null && d !== undefined)
-    .map((d) => obj(d, file));
-}
+import { arr, docsOf, isObj, obj, read, str, type Obj } from '../support/yaml-docs.js';
 /** The `${NAME}` references of a config text (`$${` is a literal `${`). */
 const variablesOf = (text: string): string[] => [...text.matchAll(/(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g)].map((m) => m[1] as string).sort();
 /** Every file the config reads from a secret: the sign-in client and cookie secrets and the Redis password. */

@@ -9,37 +9,10 @@
  * - in both, every variable is a standard OpenTelemetry one, the sidecar accepts the values (tracingFromEnv:
  *   a bad one would stop it at startup) and docs/tracing.md documents each.
  */
-import { readFile } from 'node:fs/promises';
-import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { parse, parseAllDocuments } from 'yaml';
+import { parse } from 'yaml';
 import { tracingFromEnv } from '../../src/tracing/config.js';
-import { ROOT } from '../support/cli.js';
-
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-function obj(v: unknown, what: string): Obj {
-  if (!isObj(v)) throw new Error(`${what}: expected an object, got ${JSON.stringify(v)}`);
-  return v;
-}
-function arr(v: unknown, what: string): unknown[] {
-  if (!Array.isArray(v)) throw new Error(`${what}: expected a list, got ${JSON.stringify(v)}`);
-  return v;
-}
-function str(v: unknown, what: string): string {
-  if (typeof v !== 'string' || v === '') throw new Error(`${what}: expected a non-empty string, got ${JSON.stringify(v)}`);
-  return v;
-}
-const read = (file: string): Promise<string> => readFile(path.join(ROOT, file), 'utf8');
-async function docsOf(file: string): Promise<Obj[]> {
-  return parseAllDocuments(await read(file))
-    .map((d) => {
-      expect(d.errors, `${file}: YAML errors`).toEqual([]);
-      return d.toJS() as unknown;
-    })
-    .filter((d) => d !== null && d !== undefined)
-    .map((d) => obj(d, file));
-}
+import { arr, docsOf, isObj, obj, read, str, type Obj } from '../support/yaml-docs.js';
 
 /**
  * The OpenTelemetry SDK environment variables (specification, "Environment Variable Specification" and the
