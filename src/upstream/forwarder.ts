@@ -136,7 +136,9 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
 
       let controller: Dispatcher.DispatchController | undefined;
       let done = false;
-      let clientGone = false;
+      // A client that left while the request was being decided: nothing is forwarded ('close' has fired already).
+      let clientGone = res.destroyed || res.closed;
+      if (clientGone) return;
       res.once('close', () => {
         // The client went away before the answer was complete: stop the upstream request too (or, while it
         // still waits for a pooled connection, as soon as it starts).
@@ -160,6 +162,11 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
         },
         onResponseData(c, chunk) {
           if (!res.write(chunk)) {
+            // A response destroyed meanwhile never drains: stop the upstream instead of waiting.
+            if (res.destroyed) {
+              c.abort(new Error('the client closed the connection'));
+              return;
+            }
             c.pause();
             res.once('drain', () => c.resume());
           }
