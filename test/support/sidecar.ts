@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
+import type { EngineBuildOptions } from '../../src/engine.js';
 import { startSidecar, type RunningSidecar } from '../../src/sidecar.js';
 
 export const EXAMPLE_MODEL = resolve(import.meta.dirname, '../../policies/model.conf');
@@ -24,7 +25,7 @@ export interface TestSidecar {
 }
 
 /** Writes `config` (a plain object; model/policy default to the example files) and starts the sidecar. */
-export async function startTestSidecar(config: Record<string, unknown>, options: { now?: () => Date } = {}): Promise<TestSidecar> {
+export async function startTestSidecar(config: Record<string, unknown>, options: Pick<EngineBuildOptions, 'now' | 'jwks'> = {}): Promise<TestSidecar> {
   const dir = await mkdtemp(join(tmpdir(), 'authz-sidecar-test-'));
   const full = {
     listen: '127.0.0.1:0',
