@@ -110,15 +110,21 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
   }
 
   /** The failure callbacks of a forwarded request or upgrade: 502/504 while nothing was sent yet. */
-  function callbacks(decision: Decision, answer: (a: ClientAnswer) => void, span?: Span): ForwardCallbacks {
+  function callbacks(decision: Decision, answer: (a: ClientAnswer) => void, span?: Span, answered?: (status: number) => void): ForwardCallbacks {
     const forwardedAt = process.hrtime.bigint();
     return {
       onResponse(status) {
         options.upstreamAnswered?.(status, Number(process.hrtime.bigint() - forwardedAt) / 1e9);
         if (span !== undefined) tracing?.endWithStatus(span, status);
+        answered?.(status);
+      },
+      onAbandoned() {
+        // The client left: the forwarded request's span ends as an error (499, the usual "client closed").
+        if (span !== undefined) tracing?.endWithStatus(span, 499);
       },
       onFailure(kind, error) {
         if (span !== undefined) tracing?.endWithStatus(span, kind === 'timeout' ? 504 : 502);
+        answered?.(kind === 'timeout' ? 504 : 502);
         logger.warn({ requestId: decision.requestId, upstreamError: error.message }, 'upstream request failed');
         const code: ReasonCode = kind === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
         // A session refreshed for this request still reaches the browser: its old cookie's refresh token
@@ -160,11 +166,24 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
       return sendAnswer(reply, decision.answer);
     }
     let client: Span | undefined;
+    let endServer: ((status: number) => void) | undefined;
     if (server !== undefined) {
       tracing?.recordDecision(server, decision, true);
-      // The SERVER span ends with the answer to the client.
-      // finished() also fires for a client already gone while the decision was made.
-      finished(reply.raw, () => tracing?.endWithStatus(server.span, reply.raw.statusCode));
+      if (upgrade === undefined) {
+        // The SERVER span ends with the answer to the client (499 when the client left first); finished()
+        // also fires for a client already gone while the decision was made.
+        finished(reply.raw, (err) => tracing?.endWithStatus(server.span, err === undefined || err === null ? reply.raw.statusCode : 499));
+      } else {
+        // A WebSocket's span ends at the handshake (101, or the failure's status), not when the socket closes;
+        // a socket closed before the handshake answered ends it as the client's leaving (499).
+        let ended = false;
+        endServer = (status) => {
+          if (ended) return;
+          ended = true;
+          tracing?.endWithStatus(server.span, status);
+        };
+        upgrade.socket.once('close', () => endServer?.(499));
+      }
     }
 
     reply.hijack();
@@ -187,7 +206,7 @@ export function createProxyDoor(options: ProxyOptions): FrontDoor {
     // The handshake headers (Sec-WebSocket-*) go as the client sent them; undici sets Connection and Upgrade.
     forwarder.upgrade(
       { path, headers, socket: upgrade.socket, head: upgrade.head, ...(Object.keys(added).length === 0 ? {} : { addToResponse: added }) },
-      callbacks(decision, (a) => writeAnswer(reply.raw, a), client),
+      callbacks(decision, (a) => writeAnswer(reply.raw, a), client, endServer),
     );
     return undefined;
   }

@@ -75,10 +75,15 @@ export function startClientSpan(server: ServerSpan, method: string, headers: Rec
   return span;
 }
 
-/** Ends a span with the answer's status code (5xx is an error). */
+/** Ends a span with the answer's status code (5xx is an error; 499: the client closed the connection). */
 export function endWithStatus(span: Span, status: number): void {
-  span.setAttribute('http.response.status_code', status);
-  if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+  if (status === 499) {
+    span.setAttribute('error.type', 'client_closed');
+    span.setStatus({ code: SpanStatusCode.ERROR, message: 'the client closed the connection' });
+  } else {
+    span.setAttribute('http.response.status_code', status);
+    if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+  }
   span.end();
 }
 

@@ -33,6 +33,8 @@ export interface ForwardCallbacks {
   onResponse?(status: number): void;
   /** Nothing was sent to the client yet: answer the failure (502/504). */
   onFailure(kind: ForwardFailure, error: Error): void;
+  /** The client went away before the application's answer was through (nothing more to answer). */
+  onAbandoned?(): void;
 }
 
 export interface UpgradeRequest {
@@ -138,7 +140,10 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       let done = false;
       // A client that left while the request was being decided: nothing is forwarded ('close' has fired already).
       let clientGone = res.destroyed || res.closed;
-      if (clientGone) return;
+      if (clientGone) {
+        callbacks.onAbandoned?.();
+        return;
+      }
       res.once('close', () => {
         // The client went away before the answer was complete: stop the upstream request too (or, while it
         // still waits for a pooled connection, as soon as it starts).
@@ -177,7 +182,10 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
         },
         onResponseError(_c, error) {
           done = true;
-          if (clientGone || res.destroyed) return;
+          if (clientGone || res.destroyed) {
+            callbacks.onAbandoned?.();
+            return;
+          }
           if (!res.headersSent) {
             callbacks.onFailure(isTimeout(error) ? 'timeout' : 'unavailable', error);
           } else {

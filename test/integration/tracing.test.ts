@@ -4,6 +4,7 @@
  * wire format with the official OpenTelemetry protos), a real upstream, real HTTP and gRPC clients.
  */
 import { randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,6 +115,37 @@ describe('tracing', () => {
     }
     const everything = Buffer.concat(receiver.rawBodies()).toString('latin1');
     for (const secret of [reader, admin, reader.split('.')[2] ?? 'x', 'hunter2', 'theme=dark']) expect(everything).not.toContain(secret);
+  });
+
+  it("ends a WebSocket's SERVER span at the handshake with its 101", async () => {
+    const traceId = hex(16);
+    const status = await new Promise<number>((resolve, reject) => {
+      const url = new URL(sidecar.url);
+      const req = httpRequest({
+        host: url.hostname,
+        port: url.port,
+        path: '/orders/1',
+        headers: {
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-version': '13',
+          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+          authorization: `Bearer ${reader}`,
+          traceparent: `00-${traceId}-${hex(8)}-01`,
+        },
+      });
+      req.on('upgrade', (res, socket) => {
+        resolve(res.statusCode ?? 0);
+        // Open a while after the handshake: the span must not wait for the socket to close.
+        setTimeout(() => socket.destroy(), 3_000);
+      });
+      req.on('response', (res) => resolve(res.statusCode ?? 0));
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(101);
+    const server = (await traceOf(traceId)).find((s) => s.kind === 'SERVER');
+    expect(server?.attributes['http.response.status_code']).toBe(101);
   });
 
   it('accepts B3 multi-header propagation', async () => {
