@@ -1,13 +1,18 @@
 /**
- * A remote JWKS that keeps serving when the IdP blinks (Istio #37456) and picks up rotated keys (Istio
- * #41588, Envoy #39643). jose's createRemoteJWKSet fails every request once its cache is stale and the
- * endpoint is down; this source keeps the last good key set until a fetch brings a better one:
+ * A remote JWKS that keeps serving when the IdP blinks and picks up rotated keys (Istio #41588, Envoy
+ * #39643). jose's createRemoteJWKSet fails every request once its cache is stale and the endpoint is down;
+ * this source keeps the last good key set until a fetch brings a better one:
  *
  * - keys are fetched at start (readiness waits for them) and refreshed in the background every `refreshMs`;
- * - a token with an unknown `kid` triggers a refetch, at most one per `cooldownMs`, and concurrent misses
- *   share that one fetch;
+ * - a token with an unknown `kid` triggers a refetch, and concurrent misses share that one fetch. After a
+ *   successful fetch the next one waits `cooldownMs`, so a flood of random kids against a healthy IdP costs
+ *   one fetch per cooldown. After a failed fetch the next one waits `backoffMs`, doubling per failure up to
+ *   `cooldownMs`: a recovered IdP is seen within seconds (Istio #37456: minutes of failures after the IdP
+ *   came back), and an outage still costs a bounded number of fetches, never one per request;
  * - a fetch that fails, times out, is too large or answers something that is not a usable JWKS is counted
  *   and ignored: the last good keys keep serving;
+ * - an unknown kid while the refetch fails (or waits on backoff after a failure) is KeysUnavailableError
+ *   (503), not a bad token (401): the key may be a new one we cannot fetch yet;
  * - key selection itself is jose's createLocalJWKSet (kid, alg, use, key_ops, exactly one match).
  */
 import {
@@ -23,6 +28,8 @@ import { idpFetch } from './idp-fetch.js';
 
 export const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
 export const DEFAULT_JWKS_COOLDOWN_MS = 30_000;
+/** First retry delay after a failed fetch; doubles per consecutive failure, up to the cooldown. */
+export const DEFAULT_JWKS_BACKOFF_MS = 1_000;
 export const DEFAULT_JWKS_REFRESH_MS = 600_000;
 /** A JWKS is a few KiB; anything this large is not one. */
 export const MAX_JWKS_BYTES = 512 * 1024;
@@ -32,9 +39,18 @@ export const JWKS_INITIAL_RETRY_MS = 2_000;
 export type FetchResult = 'success' | 'error';
 
 export interface RemoteKeySourceOptions {
+  /** Per fetch; default DEFAULT_JWKS_TIMEOUT_MS (5 s). */
   readonly timeoutMs?: number;
+  /** Least time between a successful fetch and an unknown-kid refetch; default DEFAULT_JWKS_COOLDOWN_MS (30 s). */
   readonly cooldownMs?: number;
+  /**
+   * Wait after a failed fetch before the next one; doubles per consecutive failure up to `cooldownMs`, and
+   * starts over after a success. Default DEFAULT_JWKS_BACKOFF_MS (1 s); must be above 0.
+   */
+  readonly backoffMs?: number;
+  /** Background refresh period; default DEFAULT_JWKS_REFRESH_MS (10 min). */
   readonly refreshMs?: number;
+  /** Largest JWKS body read; default MAX_JWKS_BYTES (512 KiB). */
   readonly maxBytes?: number;
   readonly now?: () => number;
   /** Called after every fetch, for metrics and logs. */
@@ -49,8 +65,9 @@ export interface KeySource {
 }
 
 /**
- * No key set was ever fetched: the IdP is unreachable (code KEYS_UNAVAILABLE, the reason code it maps to).
- * Verification maps this to 503, never to allow. `cause` is the last fetch or discovery error.
+ * The key a token needs cannot be had (code KEYS_UNAVAILABLE, the reason code it maps to): no key set was
+ * ever fetched, or the token's key is not in the last good set and the refetch failed or waits on backoff
+ * after a failure. Verification maps this to 503, never to allow. `cause` is the last fetch or discovery error.
  */
 export class KeysUnavailableError extends SidecarError<'KEYS_UNAVAILABLE'> {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -117,32 +134,39 @@ export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): 
 export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions = {}): KeySource {
   const timeoutMs = options.timeoutMs ?? DEFAULT_JWKS_TIMEOUT_MS;
   const cooldownMs = options.cooldownMs ?? DEFAULT_JWKS_COOLDOWN_MS;
+  const backoffMs = options.backoffMs ?? DEFAULT_JWKS_BACKOFF_MS;
   const refreshMs = options.refreshMs ?? DEFAULT_JWKS_REFRESH_MS;
   const maxBytes = options.maxBytes ?? MAX_JWKS_BYTES;
   const now = options.now ?? Date.now;
-  if (!(timeoutMs > 0 && cooldownMs >= 0 && refreshMs > 0 && maxBytes > 0)) throw new TypeError('invalid JWKS timing options');
+  if (!(timeoutMs > 0 && cooldownMs >= 0 && backoffMs > 0 && refreshMs > 0 && maxBytes > 0)) throw new TypeError('invalid JWKS timing options');
 
   let local: JWTVerifyGetKey | undefined;
-  /** Why the last fetch failed, as the cause of KeysUnavailableError while there are no keys. */
+  /** Why the last fetch failed, as the cause of KeysUnavailableError. */
   let lastError: Error | undefined;
+  /** Consecutive failed fetches since the last success: 0 means the IdP answered the last fetch. */
+  let failures = 0;
   let lastSuccess = -Infinity;
   let lastAttempt = -Infinity;
-  let pending: Promise<void> | undefined;
+  let pending: Promise<FetchResult> | undefined;
   let retryTimer: NodeJS.Timeout | undefined;
   let closed = false;
 
-  function refresh(): Promise<void> {
+  function refresh(): Promise<FetchResult> {
     pending ??= fetchJwks(url, timeoutMs, maxBytes)
       .then(
-        ({ keys }) => {
+        ({ keys }): FetchResult => {
           local = keys;
           lastError = undefined;
+          failures = 0;
           lastSuccess = now();
           options.onFetch?.('success');
+          return 'success';
         },
-        (err: unknown) => {
+        (err: unknown): FetchResult => {
           lastError = err instanceof Error ? err : new Error(String(err), { cause: err });
+          failures++;
           options.onFetch?.('error', lastError);
+          return 'error';
         },
       )
       .finally(() => {
@@ -150,6 +174,16 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
         pending = undefined;
       });
     return pending;
+  }
+
+  /**
+   * Whether a fetch may start now: none is in flight, and the last one is a cooldown old if it succeeded,
+   * or a backoff old if it failed (backoffMs, doubled per further failure, never more than the cooldown).
+   */
+  function mayFetch(t: number): boolean {
+    if (pending !== undefined) return false;
+    const wait = failures === 0 ? cooldownMs : Math.min(backoffMs * 2 ** Math.min(failures - 1, 30), cooldownMs);
+    return t - lastAttempt >= wait;
   }
 
   function loadUntilReady(): void {
@@ -161,6 +195,13 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
   }
   loadUntilReady();
 
+  function unavailable(): KeysUnavailableError {
+    return new KeysUnavailableError(
+      `the token's key is not in the last key set fetched from ${url.href}, and fetching it again failed`,
+      lastError === undefined ? undefined : { cause: lastError },
+    );
+  }
+
   async function getKey(header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
     // Before the first key set arrives, requests share the fetch in flight but never start one: the retry
     // loop fetches, so an IdP down at startup is not hit once per request.
@@ -168,18 +209,25 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
     const current = local;
     if (current === undefined) throw new KeysUnavailableError(`no keys could be fetched from ${url.href}`, lastError === undefined ? undefined : { cause: lastError });
     // Stale keys are refreshed in the background; this request is served with what we have. After a
-    // failed attempt the next one waits a cooldown, so an IdP outage does not get one fetch per request.
+    // failed attempt the next one waits its backoff, so an IdP outage does not get one fetch per request.
     const t = now();
-    if (t - lastSuccess >= refreshMs && t - lastAttempt >= cooldownMs && pending === undefined) void refresh();
+    if (t - lastSuccess >= refreshMs && mayFetch(t)) void refresh();
     try {
       return await current(header, token);
     } catch (err) {
       if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
-      // An unknown kid may be a rotated key: refetch, at most once per cooldown, shared by concurrent misses.
-      if (pending === undefined && now() - lastAttempt < cooldownMs) throw err;
-      await refresh();
-      if (local === undefined || local === current) throw err;
-      return local(header, token);
+      // An unknown kid may be a rotated key: refetch, shared by concurrent misses, at most once per cooldown
+      // after a success (the IdP said this set is current) and per backoff after a failure.
+      if (pending === undefined && !mayFetch(now())) {
+        // The last fetch failed: the key may be a new one we cannot see yet. Not a bad token: 503.
+        if (failures > 0) throw unavailable();
+        throw err;
+      }
+      if ((await refresh()) === 'error') throw unavailable();
+      // The IdP answered: the set it served decides, and a kid it lacks is a bad token (401).
+      const latest = local;
+      if (latest === undefined || latest === current) throw err;
+      return latest(header, token);
     }
   }
 

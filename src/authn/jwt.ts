@@ -71,7 +71,7 @@ export interface KeyEvents {
 export interface JwtAuthenticatorOptions {
   /** Injected clock for tests; default the system clock. */
   readonly now?: () => Date;
-  /** Remote JWKS timing: fetch timeout, refetch cooldown on an unknown kid, background refresh. */
+  /** Remote JWKS timing: fetch timeout, refetch cooldown on an unknown kid, backoff after a failed fetch, background refresh. */
   readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'onFetch'>;
   /** How long a verified token is remembered, never past its exp; default DEFAULT_JWT_CACHE_SECONDS (300). */
   readonly cacheSeconds?: number;

@@ -196,7 +196,8 @@ describe('discovery, JWT and opaque tokens', () => {
       const res = await fetch(`${sidecar.url}/orders/7`, { headers: bearer(await idp.getToken('reader-app')) });
       expect(res.status).toBe(200);
     }
-    // The refresh was attempted (and failed) at most once: failures wait a cooldown before the next try.
+    // The refresh was attempted (and failed) at most once: a failure waits a backoff (1 s, doubling) before the
+    // next try, and these three requests take far less than that.
     await expect.poll(() => idp.requests('/jwks') - before).toBe(1);
   });
 

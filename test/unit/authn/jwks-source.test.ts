@@ -192,6 +192,7 @@ describe('createRemoteKeySource: initial fetch', () => {
     ['timeoutMs 0', { timeoutMs: 0 }],
     ['negative cooldownMs', { cooldownMs: -1 }],
     ['refreshMs 0', { refreshMs: 0 }],
+    ['backoffMs 0', { backoffMs: 0 }],
     ['maxBytes 0', { maxBytes: 0 }],
     ['timeoutMs NaN', { timeoutMs: Number.NaN }],
   ];
@@ -297,7 +298,8 @@ describe('createRemoteKeySource: a bad answer never replaces good keys', () => {
       trigger: 'unknown kid past the cooldown',
       run: async (h: Harness): Promise<void> => {
         h.clock.ms += COOLDOWN_MS + 1;
-        await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+        // The refetch failed: whether the kid is a new key cannot be told, so not a bad token but unavailable.
+        await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(KeysUnavailableError);
         expect(h.fetches.length).toBe(2);
       },
     },
@@ -323,7 +325,7 @@ describe('createRemoteKeySource: a bad answer never replaces good keys', () => {
     const h = await loadedSource(server);
     server.reply = raw(200, '{"keys":[{}]}');
     h.clock.ms += COOLDOWN_MS + 1;
-    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(KeysUnavailableError);
     expect(server.requests).toBe(2);
     await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
     expect(h.fetches[1]?.result).toBe('error');
@@ -334,7 +336,7 @@ describe('createRemoteKeySource: a bad answer never replaces good keys', () => {
     const h = await loadedSource(server);
     server.reply = raw(503, 'down');
     h.clock.ms += COOLDOWN_MS + 1;
-    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
     server.reply = serveKeys(OLD, NEW);
     h.clock.ms += COOLDOWN_MS + 1;
     await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
@@ -388,6 +390,133 @@ describe('createRemoteKeySource: background refresh', () => {
     // Let any fetch those requests started reach the server.
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(server.requests).toBe(2);
+  });
+});
+
+// Soak finding: a token signed with the IdP's new key got 401 while the IdP was down, and kept getting it for
+// most of a cooldown after the IdP came back. An unknown kid that cannot be looked up is 503, and a failed
+// fetch is retried after backoffMs, doubling up to the cooldown, not after the whole cooldown.
+describe('createRemoteKeySource: unknown kid while the JWKS endpoint is failing', () => {
+  const BACKOFF_MS = 1_000;
+
+  /** A source loaded with OLD whose endpoint then answers 503; one failed refetch made for NEW_TOKEN. */
+  async function failingSource(): Promise<{ server: JwksServer; h: Harness }> {
+    const server = await jwksServer();
+    const h = await loadedSource(server, { backoffMs: BACKOFF_MS });
+    server.reply = raw(503, 'down');
+    h.clock.ms += COOLDOWN_MS + 1;
+    const err = await h.verify(NEW_TOKEN).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(KeysUnavailableError);
+    expect((err as KeysUnavailableError).code).toBe('KEYS_UNAVAILABLE');
+    // Why: the fetch error, as the cause; the message names no token content.
+    expect(((err as Error).cause as Error).message).toBe('JWKS endpoint answered HTTP 503');
+    expect((err as Error).message).not.toContain(NEW.kid);
+    expect(server.requests).toBe(2);
+    expect(h.fetches.map((f) => f.result)).toEqual(['success', 'error']);
+    return { server, h };
+  }
+
+  it('a kid the last good set lacks is KeysUnavailableError when the refetch fails, and while the retry waits its backoff', async () => {
+    const { server, h } = await failingSource();
+    // Inside the backoff: no fetch, still unavailable (not a bad token), for the new kid and for any other.
+    h.clock.ms += BACKOFF_MS - 1;
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(server.requests).toBe(2);
+    // Known keys keep serving throughout.
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    // A token signed by another key under a known kid is still a bad signature: no key is missing.
+    await expect(h.verify(await sign(STRANGER, OLD.kid))).rejects.toBeInstanceOf(errors.JWSSignatureVerificationFailed);
+    expect(server.requests).toBe(2);
+  });
+
+  it('a failed background refresh makes an unknown kid unavailable too', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server, { backoffMs: BACKOFF_MS });
+    server.reply = raw(500, 'down');
+    h.clock.ms += REFRESH_MS;
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    await until(() => h.fetches.length === 2, 'the background refresh');
+    expect(h.fetches[1]?.result).toBe('error');
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(server.requests).toBe(2);
+  });
+
+  it('the IdP is retried after backoffMs, doubling up to the cooldown; the new key is accepted on the first retry that succeeds', async () => {
+    const { server, h } = await failingSource();
+    let fetches = 2;
+    // Waits after the 1st, 2nd, ... failure: 1 s, 2 s, 4 s, 8 s, 16 s, then the 30 s cooldown (not 32 s), twice.
+    for (const wait of [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]) {
+      h.clock.ms += wait - 1;
+      await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(server.requests).toBe(fetches);
+      h.clock.ms += 1;
+      await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+      expect(server.requests).toBe(++fetches);
+    }
+
+    // The IdP is back with the rotated key: the next retry (one cooldown later, the cap) takes it.
+    server.reply = serveKeys(NEW);
+    h.clock.ms += COOLDOWN_MS;
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(++fetches);
+    expect(h.fetches.at(-1)?.result).toBe('success');
+
+    // The IdP answered: a kid its set lacks is a bad token again, and the next refetch waits the full cooldown.
+    h.clock.ms += COOLDOWN_MS - 1;
+    await expect(h.verify(OLD_TOKEN)).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    expect(server.requests).toBe(fetches);
+  });
+
+  it('a success resets the backoff: the next outage is retried after backoffMs again', async () => {
+    const { server, h } = await failingSource();
+    server.reply = serveKeys(OLD, NEW);
+    h.clock.ms += BACKOFF_MS;
+    await expect(h.verify(NEW_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+    expect(server.requests).toBe(3);
+
+    server.reply = raw(503, 'down');
+    h.clock.ms += COOLDOWN_MS;
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(server.requests).toBe(4);
+    h.clock.ms += BACKOFF_MS;
+    await expect(h.verify(await unknownKidToken())).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(server.requests).toBe(5);
+    expect(h.fetches.map((f) => f.result)).toEqual(['success', 'error', 'success', 'error', 'error']);
+  });
+
+  it('concurrent misses during an outage share one fetch; a flood of random kids costs one fetch per backoff step', async () => {
+    const { server, h } = await failingSource();
+    const release = gate();
+    server.reply = held(release.wait, raw(503, 'down'));
+    h.clock.ms += BACKOFF_MS;
+    const flood = await Promise.all(Array.from({ length: 50 }, unknownKidToken));
+    const settled = Promise.allSettled(flood.map((t) => h.verify(t)));
+    await until(() => server.requests === 3, 'the shared refetch');
+    release.release();
+    const results = await settled;
+    expect(results.every((r) => r.status === 'rejected' && r.reason instanceof KeysUnavailableError)).toBe(true);
+    expect(server.requests).toBe(3);
+
+    // Inside the next backoff (2 s) another 50, one after another: no fetch.
+    h.clock.ms += 2 * BACKOFF_MS - 1;
+    for (const t of await Promise.all(Array.from({ length: 50 }, unknownKidToken))) {
+      await expect(h.verify(t)).rejects.toBeInstanceOf(KeysUnavailableError);
+    }
+    expect(server.requests).toBe(3);
+  });
+
+  it('the backoff never exceeds a shorter cooldown', async () => {
+    const server = await jwksServer();
+    const h = await loadedSource(server, { backoffMs: 5_000, cooldownMs: 2_000 });
+    server.reply = raw(503, 'down');
+    h.clock.ms += 2_000;
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(server.requests).toBe(2);
+    h.clock.ms += 2_000;
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(server.requests).toBe(3);
   });
 });
 

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { CompactSign, exportJWK, exportSPKI, generateKeyPair, SignJWT, type CryptoKey, type JWK, type JWTPayload } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createJwtAuthenticator, type JwtIssuerOptions } from '../../../src/authn/jwt.js';
+import { createJwtAuthenticator, type JwtAuthenticatorOptions, type JwtIssuerOptions } from '../../../src/authn/jwt.js';
 import { createDiscoveredKeySource } from '../../../src/authn/discovery.js';
 import type { ReasonCode } from '../../../src/core/errors.js';
 import type { Authenticator, AuthnResult } from '../../../src/core/stages.js';
@@ -548,5 +548,103 @@ describe('createJwtAuthenticator: discovery', () => {
     expect(a.missing()).toEqual([`keys of issuer ${server.origin}`]);
     expect(verdict(await a.authenticate(await sign(RSA, baseClaims({ iss: server.origin }))))).toBe('KEYS_UNAVAILABLE');
     expect(server.jwksCalls).toBe(0);
+  });
+});
+
+// Soak finding, through the authenticator and both remote key sources (jwksUri, and discovery wrapping it):
+// a token signed with the IdP's new key got 401 while the IdP was down.
+describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote keys through %s', (via) => {
+  const loopbacks: Loopback[] = [];
+  afterEach(async () => {
+    for (const l of loopbacks.splice(0)) await l.close();
+  });
+
+  /** An IdP on loopback serving a discovery document and a JWKS the test changes. */
+  interface RemoteIdp {
+    readonly origin: string;
+    keys: JWK[];
+    /** Status of the JWKS answer; anything but 200 answers an error body. */
+    status: number;
+    jwksCalls: number;
+  }
+
+  async function remoteIdp(keys: JWK[]): Promise<RemoteIdp> {
+    const state = { keys, status: 200, jwksCalls: 0 };
+    const loopback = await startLoopback((req, res) => {
+      if (req.url === '/.well-known/openid-configuration') sendJson(res, 200, { issuer: loopback.origin, jwks_uri: `${loopback.origin}/certs` });
+      else if (req.url === '/certs') {
+        state.jwksCalls++;
+        if (state.status === 200) sendJson(res, 200, { keys: state.keys });
+        else sendJson(res, state.status, { error: 'down' });
+      } else sendJson(res, 404, { error: 'not_found' });
+    });
+    loopbacks.push(loopback);
+    return Object.assign(state, { origin: loopback.origin });
+  }
+
+  interface Remote {
+    readonly a: Authenticator;
+    readonly clock: { ms: number };
+    /** Cache hit (true) or miss (false) per authenticate that reached a known issuer. */
+    readonly hits: boolean[];
+    readonly fetched: string[];
+    /** Signs claims for the remote issuer, valid for an hour of the injected clock. */
+    token(key: TestKey, claims?: Record<string, unknown>): Promise<string>;
+  }
+
+  /** An authenticator trusting `idp` (and OTHER_ISSUER with KEY_B from a file), loaded. */
+  async function remote(idp: RemoteIdp, jwks: JwtAuthenticatorOptions['jwks'] = {}): Promise<Remote> {
+    const clockState = { ms: NOW.getTime() };
+    const hits: boolean[] = [];
+    const fetched: string[] = [];
+    const a = authenticator(
+      [
+        { issuer: idp.origin, audiences: [AUDIENCE], keys: via === 'jwksUri' ? { jwksUri: `${idp.origin}/certs` } : { discovery: true } },
+        { issuer: OTHER_ISSUER, audiences: [AUDIENCE], keys: { jwks: { keys: [KEY_B.jwk] } } },
+      ],
+      {
+        now: () => new Date(clockState.ms),
+        jwks,
+        discoveredKeySource: createDiscoveredKeySource,
+        events: { cache: (hit) => hits.push(hit), keysFetched: (_issuer, result) => fetched.push(result) },
+      },
+    );
+    await waitUntil(() => a.missing().length === 0, 'the remote keys');
+    expect(fetched).toEqual(['success']);
+    return {
+      a,
+      clock: clockState,
+      hits,
+      fetched,
+      token: (key, claims = {}) => sign(key, baseClaims({ iss: idp.origin, exp: NOW_S + 3_600, ...claims })),
+    };
+  }
+
+  const COOLDOWN_MS = 30_000;
+
+  it('a new kid while the JWKS endpoint fails is KEYS_UNAVAILABLE (503), and is accepted one backoff after it answers again', async () => {
+    const idp = await remoteIdp([RSA.jwk]);
+    const r = await remote(idp, { backoffMs: 1_000 });
+    idp.keys = [RSA.jwk, EC.jwk];
+    idp.status = 503;
+    r.clock.ms += COOLDOWN_MS + 1;
+    const rotated = await r.token(EC);
+    expect(verdict(await r.a.authenticate(rotated))).toBe('KEYS_UNAVAILABLE');
+    expect(r.fetched).toEqual(['success', 'error']);
+    // Known keys keep working during the outage.
+    expect(verdict(await r.a.authenticate(await r.token(RSA)))).toBe('ok');
+
+    idp.status = 200;
+    // Inside the backoff: not asked again, still 503.
+    r.clock.ms += 999;
+    expect(verdict(await r.a.authenticate(rotated))).toBe('KEYS_UNAVAILABLE');
+    expect(idp.jwksCalls).toBe(2);
+    // One backoff (1 s) after the failure, not a cooldown (30 s): the IdP is asked and the new key works.
+    r.clock.ms += 1;
+    expect(verdict(await r.a.authenticate(rotated))).toBe('ok');
+    expect(idp.jwksCalls).toBe(3);
+    // The IdP answered and its set lacks this kid: a bad token (401), no fetch inside the cooldown.
+    expect(verdict(await r.a.authenticate(await r.token(KEY_A_ONLY)))).toBe('TOKEN_INVALID');
+    expect(idp.jwksCalls).toBe(3);
   });
 });
