@@ -13,14 +13,18 @@
  *   and ignored: the last good keys keep serving;
  * - an unknown kid while the refetch fails (or waits on backoff after a failure) is KeysUnavailableError
  *   (503), not a bad token (401): the key may be a new one we cannot fetch yet;
+ * - a fetched set that no longer holds a key of the previous set is reported (`onKeysRemoved`), so tokens
+ *   verified with a withdrawn key are not served from a cache of verifications;
  * - key selection itself is jose's createLocalJWKSet (kid, alg, use, key_ops, exactly one match).
  */
 import {
+  calculateJwkThumbprint,
   createLocalJWKSet,
   errors,
   type CompactJWSHeaderParameters,
   type FlattenedJWSInput,
   type JSONWebKeySet,
+  type JWK,
   type JWTVerifyGetKey,
 } from 'jose';
 import { SidecarError } from '../core/errors.js';
@@ -55,6 +59,11 @@ export interface RemoteKeySourceOptions {
   readonly now?: () => number;
   /** Called after every fetch, for metrics and logs. */
   readonly onFetch?: (result: FetchResult, error?: Error) => void;
+  /**
+   * Called after a successful fetch whose set no longer holds keys the previous set held, with their
+   * identities (keyIdentity), before any request waiting on that fetch goes on.
+   */
+  readonly onKeysRemoved?: (removed: readonly string[]) => void;
 }
 
 export interface KeySource {
@@ -114,8 +123,43 @@ function isPublicKey(key: unknown): boolean {
   }
 }
 
+/** `value` as JSON with object members in sorted order, so member order does not change it. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (typeof value === 'object' && value !== null) {
+    const members = Object.keys(value).sort();
+    return `{${members.map((m) => `${JSON.stringify(m)}:${canonicalJson((value as Record<string, unknown>)[m])}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/**
+ * What makes two members of two key sets the same key: the RFC 7638 thumbprint (the key material, however
+ * the members are ordered or what else is published with it) together with the members that decide which
+ * tokens it verifies (`kid`, `alg`, `use`, `key_ops`). A member that cannot be thumbprinted (not a public
+ * key jose knows) is identified by its whole content, in canonical JSON.
+ */
+export async function keyIdentity(jwk: unknown): Promise<string> {
+  if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) return `json:${canonicalJson(jwk)}`;
+  const k = jwk as JWK;
+  try {
+    const thumbprint = await calculateJwkThumbprint(k, 'sha256');
+    return `jkt:${thumbprint}:${canonicalJson([k.kid ?? null, k.alg ?? null, k.use ?? null, k.key_ops ?? null])}`;
+  } catch {
+    return `json:${canonicalJson(jwk)}`;
+  }
+}
+
+export interface FetchedJwks {
+  readonly jwks: JSONWebKeySet;
+  /** jose's key selection over `jwks`. */
+  readonly keys: JWTVerifyGetKey;
+  /** keyIdentity of every member of `jwks`. */
+  readonly identities: ReadonlySet<string>;
+}
+
 /** Fetches and checks one JWKS document; throws on anything that is not a usable key set. */
-export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): Promise<{ jwks: JSONWebKeySet; keys: JWTVerifyGetKey }> {
+export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): Promise<FetchedJwks> {
   const response = await idpFetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'error', headers: { accept: 'application/json' } });
   if (response.status !== 200) {
     await response.body?.cancel();
@@ -128,7 +172,8 @@ export async function fetchJwks(url: URL, timeoutMs: number, maxBytes: number): 
   const jwks = parsed as JSONWebKeySet;
   // jose accepts any array of objects; a key set with no usable public key would replace good keys with nothing.
   if (!jwks.keys.some(isPublicKey)) throw new Error('JWKS endpoint answered a key set without usable public keys');
-  return { jwks, keys: createLocalJWKSet(jwks) };
+  const keys = createLocalJWKSet(jwks);
+  return { jwks, keys, identities: new Set(await Promise.all(jwks.keys.map(keyIdentity))) };
 }
 
 export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions = {}): KeySource {
@@ -141,6 +186,8 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
   if (!(timeoutMs > 0 && cooldownMs >= 0 && backoffMs > 0 && refreshMs > 0 && maxBytes > 0)) throw new TypeError('invalid JWKS timing options');
 
   let local: JWTVerifyGetKey | undefined;
+  /** keyIdentity of each key in `local`, to tell which keys a newer set dropped. */
+  let identities: ReadonlySet<string> = new Set();
   /** Why the last fetch failed, as the cause of KeysUnavailableError. */
   let lastError: Error | undefined;
   /** Consecutive failed fetches since the last success: 0 means the IdP answered the last fetch. */
@@ -154,12 +201,15 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
   function refresh(): Promise<FetchResult> {
     pending ??= fetchJwks(url, timeoutMs, maxBytes)
       .then(
-        ({ keys }): FetchResult => {
-          local = keys;
+        (fetched): FetchResult => {
+          const removed = [...identities].filter((id) => !fetched.identities.has(id));
+          local = fetched.keys;
+          identities = fetched.identities;
           lastError = undefined;
           failures = 0;
           lastSuccess = now();
           options.onFetch?.('success');
+          if (removed.length > 0) options.onKeysRemoved?.(removed);
           return 'success';
         },
         (err: unknown): FetchResult => {

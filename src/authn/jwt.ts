@@ -7,7 +7,9 @@
  * (`jwk`, `jku`, `x5u`, `x5c`) are never used: keys come only from configuration.
  *
  * Verified tokens are cached (bounded LRU keyed by issuer and the token's SHA-256), never past their `exp`;
- * the policy is still evaluated on every request.
+ * the policy is still evaluated on every request. A key withdrawn from an issuer's remote JWKS is often
+ * withdrawn on purpose (compromised, or rotated out): when a fetched set drops a key the previous set held,
+ * that issuer's cached verifications are no longer used, and its tokens are verified again against the new set.
  */
 import { createLocalJWKSet, decodeJwt, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { LRUCache } from 'lru-cache';
@@ -72,7 +74,7 @@ export interface JwtAuthenticatorOptions {
   /** Injected clock for tests; default the system clock. */
   readonly now?: () => Date;
   /** Remote JWKS timing: fetch timeout, refetch cooldown on an unknown kid, backoff after a failed fetch, background refresh. */
-  readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'onFetch'>;
+  readonly jwks?: Omit<RemoteKeySourceOptions, 'now' | 'onFetch' | 'onKeysRemoved'>;
   /** How long a verified token is remembered, never past its exp; default DEFAULT_JWT_CACHE_SECONDS (300). */
   readonly cacheSeconds?: number;
   /** How many verified tokens are remembered; default DEFAULT_CACHE_ENTRIES (10,000). */
@@ -94,6 +96,11 @@ interface IssuerState {
   /** Replaced when a mounted JWKS or secret file changes (see replaceLocalKeys). */
   key: JWTVerifyGetKey | Uint8Array;
   readonly remote: KeySource | undefined;
+  /**
+   * Bumped when a fetched key set drops a key the previous set held: cache entries made under an older
+   * generation are not used. Per issuer, so one issuer's rotation does not flush the others' entries.
+   */
+  keyGeneration: number;
 }
 
 const NOT_MINE: AuthnResult = Object.freeze({ kind: 'notMine' });
@@ -103,6 +110,9 @@ interface CachedToken {
   readonly result: AuthnResult;
   /** Epoch ms after which the entry is not used: the token's exp, iat + maxTokenAge, or the cache period. */
   readonly validUntilMs: number;
+  /** The issuer whose keys verified the token, and its keyGeneration before the verification began. */
+  readonly state: IssuerState;
+  readonly keyGeneration: number;
 }
 
 /** Checks a JWKS document read from a file; throws a TypeError naming the problem. */
@@ -188,6 +198,10 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       ...options.jwks,
       now: nowMs,
       onFetch: (result, error) => events.keysFetched?.(o.issuer, result, error),
+      onKeysRemoved: () => {
+        const state = byIssuer.get(o.issuer);
+        if (state !== undefined) state.keyGeneration++;
+      },
     };
     let remote: KeySource | undefined;
     if ('jwksUri' in o.keys) remote = createRemoteKeySource(new URL(o.keys.jwksUri), sourceOptions);
@@ -206,6 +220,7 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       maxTokenAgeSeconds: o.maxTokenAgeSeconds ?? DEFAULT_MAX_TOKEN_AGE_SECONDS,
       key,
       remote,
+      keyGeneration: 0,
     });
   }
 
@@ -232,8 +247,12 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     const cacheKey = tokenCacheKey(token);
     const cached = cache.get(cacheKey);
     if (cached !== undefined && cached.validUntilMs > currentMs) {
-      events.cache?.(true);
-      return cached.result;
+      if (cached.keyGeneration === cached.state.keyGeneration) {
+        events.cache?.(true);
+        return cached.result;
+      }
+      // The issuer has withdrawn a key since: verify again (the key may be gone).
+      cache.delete(cacheKey);
     }
 
     // Not the shape of a JWT: not mine (an opaque token for introspection, perhaps).
@@ -248,6 +267,8 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
     if (state === undefined) return NOT_MINE;
     events.cache?.(false);
 
+    // Read before verifying: keys withdrawn while this verification runs make its entry stale at once.
+    const keyGeneration = state.keyGeneration;
     try {
       const payload = await verify(state, token, currentDate);
       // jose checks iat only together with maxTokenAge; a token issued in the future is always refused.
@@ -259,7 +280,7 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       const ageLimitMs = state.maxTokenAgeSeconds > 0 && payload.iat !== undefined ? (payload.iat + state.maxTokenAgeSeconds) * 1000 : Infinity;
       const validUntilMs = Math.min(expMs, ageLimitMs, currentMs + cacheMs);
       const ttl = validUntilMs - currentMs;
-      if (ttl > 0) cache.set(cacheKey, { result, validUntilMs }, { ttl });
+      if (ttl > 0) cache.set(cacheKey, { result, validUntilMs, state, keyGeneration }, { ttl });
       return result;
     } catch (err) {
       return { kind: 'failed', ...classify(err) };

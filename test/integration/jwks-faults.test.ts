@@ -4,7 +4,8 @@
  *
  * - a token signed with the IdP's new key while the JWKS endpoint fails is 503 KEYS_UNAVAILABLE (we cannot
  *   tell whether it is valid), not 401; the IdP is asked again one backoff after the failure, not a whole
- *   cooldown later, and a flood of such tokens shares the fetches.
+ *   cooldown later, and a flood of such tokens shares the fetches;
+ * - a key the IdP withdraws from its JWKS stops working for tokens the sidecar had verified and cached.
  *
  * The sidecar's clock is injected (it moves with the real clock plus an offset), so cooldowns, backoffs and
  * refresh periods are crossed without sleeping.
@@ -125,5 +126,37 @@ describe.each(['jwksUri', 'discovery'] as const)('remote keys through %s', (via)
     // The IdP answered and has no such key: a bad token, and no fetch inside the cooldown.
     expect(await get(s, await forged())).toEqual({ status: 401, code: 'TOKEN_INVALID' });
     expect(idp.requests('/jwks') - before).toBe(2);
+  });
+
+  it('a key the IdP withdraws stops working for cached tokens once a refetch for a new kid sees it gone', async () => {
+    const s = await sidecar();
+    const old = await idp.getToken('reader-app');
+    expect(await get(s, old)).toEqual({ status: 200, code: undefined });
+    expect(await get(s, old)).toEqual({ status: 200, code: undefined });
+
+    await idp.rotateKeys({ keepOld: false });
+    clockOffsetMs = COOLDOWN_MS + 1_000;
+    const before = idp.requests('/jwks');
+    expect(await get(s, await idp.getToken('reader-app'))).toEqual({ status: 200, code: undefined });
+    expect(idp.requests('/jwks') - before).toBe(1);
+    // Within the 5 minute cache period, yet verified again against the new set, which lacks its key.
+    expect(await get(s, old)).toEqual({ status: 401, code: 'TOKEN_INVALID' });
+  });
+
+  it('a key the IdP withdraws stops working for cached tokens once a background refresh sees it gone', async () => {
+    const s = await sidecar({ refreshMs: 60_000 });
+    const cached = await idp.getToken('reader-app');
+    const unseen = await idp.getToken('reader-app');
+    expect(await get(s, cached)).toEqual({ status: 200, code: undefined });
+
+    await idp.rotateKeys({ keepOld: false });
+    clockOffsetMs = 61_000;
+    const before = idp.requests('/jwks');
+    // Verified with the keys the sidecar has while the refresh runs in the background.
+    expect(await get(s, unseen)).toEqual({ status: 200, code: undefined });
+    await expect.poll(() => idp.requests('/jwks') - before).toBe(1);
+    await expect.poll(async () => (await get(s, cached)).status).toBe(401);
+    expect(await get(s, cached)).toEqual({ status: 401, code: 'TOKEN_INVALID' });
+    expect(await get(s, unseen)).toEqual({ status: 401, code: 'TOKEN_INVALID' });
   });
 });

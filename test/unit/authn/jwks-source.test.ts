@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   createRemoteKeySource,
   fetchJwks,
+  keyIdentity,
   KeysUnavailableError,
   type FetchResult,
   type KeySource,
@@ -520,11 +521,125 @@ describe('createRemoteKeySource: unknown kid while the JWKS endpoint is failing'
   });
 });
 
+// Soak finding: tokens verified with a key the IdP has since removed kept working from the verified-token
+// cache. The source reports which keys a fetched set dropped; jwt.ts stops using those cached verifications.
+describe('createRemoteKeySource: keys removed from the set', () => {
+  function removals(): { calls: Array<readonly string[]>; onKeysRemoved: (removed: readonly string[]) => void } {
+    const calls: Array<readonly string[]> = [];
+    return { calls, onKeysRemoved: (removed) => calls.push(removed) };
+  }
+
+  it('reports the identity of a key the refetched set no longer holds, before the waiting request goes on', async () => {
+    const server = await jwksServer(serveKeys(OLD));
+    const r = removals();
+    let reportedBeforeAnswer = false;
+    const h = await loadedSource(server, { onKeysRemoved: r.onKeysRemoved });
+    expect(r.calls).toEqual([]);
+    server.reply = serveKeys(NEW);
+    h.clock.ms += COOLDOWN_MS + 1;
+    await h.verify(NEW_TOKEN).then(() => (reportedBeforeAnswer = r.calls.length === 1));
+    expect(reportedBeforeAnswer).toBe(true);
+    expect(r.calls).toEqual([[await keyIdentity(OLD.jwk)]]);
+  });
+
+  it('reports keys dropped by a background refresh', async () => {
+    const server = await jwksServer(serveKeys(OLD, NEW));
+    const r = removals();
+    const h = await loadedSource(server, { onKeysRemoved: r.onKeysRemoved });
+    server.reply = serveKeys(NEW);
+    h.clock.ms += REFRESH_MS;
+    await h.verify(NEW_TOKEN);
+    await until(() => h.fetches.length === 2, 'the background refresh');
+    expect(r.calls).toEqual([[await keyIdentity(OLD.jwk)]]);
+  });
+
+  const sets: Array<[name: string, next: () => JWK[], removed: () => JWK[]]> = [
+    ['a key added', () => [OLD.jwk, NEW.jwk], () => []],
+    ['the same keys, members reordered and extra members added', () => [{ x5t: 'cert-thumbprint', ...reordered(OLD.jwk) }], () => []],
+    ['the same key material under a new kid', () => [{ ...OLD.jwk, kid: 'old-1-renamed' }], () => [OLD.jwk]],
+    ['the same kid with other key material', () => [{ ...STRANGER.jwk, kid: OLD.kid }], () => [OLD.jwk]],
+    ['the key restricted to encryption (use: enc)', () => [{ ...OLD.jwk, use: 'enc' }, NEW.jwk], () => [OLD.jwk]],
+  ];
+  it.each(sets)('%s', async (_name, next, removed) => {
+    const server = await jwksServer(serveKeys(OLD));
+    const r = removals();
+    const h = await loadedSource(server, { onKeysRemoved: r.onKeysRemoved });
+    server.reply = (res) => sendJson(res, 200, { keys: next() });
+    h.clock.ms += REFRESH_MS;
+    await h.verify(OLD_TOKEN).catch(() => undefined);
+    await until(() => h.fetches.length === 2, 'the background refresh');
+    expect(h.fetches[1]?.result).toBe('success');
+    const expected = await Promise.all(removed().map((k) => keyIdentity(k)));
+    expect(r.calls).toEqual(expected.length === 0 ? [] : [expected]);
+  });
+
+  it('a key without kid is identified by its thumbprint: dropping it is reported, republishing it is not', async () => {
+    const { kid: _kid, ...noKid } = OLD.jwk;
+    const server = await jwksServer((res) => sendJson(res, 200, { keys: [noKid] }));
+    const r = removals();
+    const h = await loadedSource(server, { onKeysRemoved: r.onKeysRemoved });
+    server.reply = (res) => sendJson(res, 200, { keys: [reordered(noKid)] });
+    h.clock.ms += REFRESH_MS;
+    await h.verify(OLD_TOKEN).catch(() => undefined);
+    await until(() => h.fetches.length === 2, 'the first refresh');
+    expect(r.calls).toEqual([]);
+
+    server.reply = serveKeys(NEW);
+    h.clock.ms += REFRESH_MS;
+    await h.verify(NEW_TOKEN).catch(() => undefined);
+    await until(() => h.fetches.length === 3, 'the second refresh');
+    expect(r.calls).toEqual([[await keyIdentity(noKid)]]);
+  });
+
+  it('a failed fetch removes nothing and reports nothing', async () => {
+    const server = await jwksServer();
+    const r = removals();
+    const h = await loadedSource(server, { onKeysRemoved: r.onKeysRemoved });
+    server.reply = raw(200, '{"keys":[]}');
+    h.clock.ms += COOLDOWN_MS + 1;
+    await expect(h.verify(NEW_TOKEN)).rejects.toBeInstanceOf(KeysUnavailableError);
+    expect(h.fetches[1]?.result).toBe('error');
+    expect(r.calls).toEqual([]);
+    await expect(h.verify(OLD_TOKEN)).resolves.toMatchObject({ sub: 'alice' });
+  });
+});
+
+/** The same members in reverse order. */
+function reordered(jwk: JWK): JWK {
+  return Object.fromEntries(Object.entries(jwk).reverse());
+}
+
+describe('keyIdentity', () => {
+  it('is the same for the same key whatever the member order or extra members', async () => {
+    expect(await keyIdentity(reordered(OLD.jwk))).toBe(await keyIdentity(OLD.jwk));
+    expect(await keyIdentity({ ...OLD.jwk, x5t: 'abc' })).toBe(await keyIdentity(OLD.jwk));
+  });
+
+  it('differs when the material, kid, alg, use or key_ops differ', async () => {
+    const base = await keyIdentity(OLD.jwk);
+    const variants: JWK[] = [
+      { ...NEW.jwk, kid: OLD.kid },
+      { ...OLD.jwk, kid: 'other' },
+      { ...OLD.jwk, alg: 'PS256' },
+      { ...OLD.jwk, use: 'enc' },
+      { ...OLD.jwk, key_ops: ['verify'] },
+    ];
+    for (const v of variants) expect(await keyIdentity(v)).not.toBe(base);
+  });
+
+  it('identifies members that are not keys by their content', async () => {
+    expect(await keyIdentity({ kty: 'RSA', kid: 'broken' })).toBe(await keyIdentity({ kid: 'broken', kty: 'RSA' }));
+    expect(await keyIdentity({ kty: 'RSA', kid: 'broken' })).not.toBe(await keyIdentity({ kty: 'RSA', kid: 'other' }));
+    expect(await keyIdentity('x')).not.toBe(await keyIdentity({}));
+  });
+});
+
 describe('fetchJwks', () => {
   it('returns the key set and a key resolver for it', async () => {
     const server = await jwksServer(serveKeys(OLD, NEW));
-    const { jwks, keys } = await fetchJwks(server.url, TIMEOUT_MS, MAX_BYTES);
+    const { jwks, keys, identities } = await fetchJwks(server.url, TIMEOUT_MS, MAX_BYTES);
     expect(jwks.keys.map((k) => k.kid)).toEqual([OLD.kid, NEW.kid]);
+    expect(identities).toEqual(new Set([await keyIdentity(OLD.jwk), await keyIdentity(NEW.jwk)]));
     await expect(jwtVerify(NEW_TOKEN, keys)).resolves.toMatchObject({ payload: { sub: 'alice' } });
   });
 

@@ -551,8 +551,9 @@ describe('createJwtAuthenticator: discovery', () => {
   });
 });
 
-// Soak finding, through the authenticator and both remote key sources (jwksUri, and discovery wrapping it):
-// a token signed with the IdP's new key got 401 while the IdP was down.
+// Soak findings, through the authenticator and both remote key sources (jwksUri, and discovery wrapping it):
+// a token signed with the IdP's new key got 401 while the IdP was down, and tokens verified with a key the
+// IdP had since withdrawn kept working from the verified-token cache.
 describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote keys through %s', (via) => {
   const loopbacks: Loopback[] = [];
   afterEach(async () => {
@@ -646,5 +647,91 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
     // The IdP answered and its set lacks this kid: a bad token (401), no fetch inside the cooldown.
     expect(verdict(await r.a.authenticate(await r.token(KEY_A_ONLY)))).toBe('TOKEN_INVALID');
     expect(idp.jwksCalls).toBe(3);
+  });
+
+  it('a refetch for a new kid that drops a key: tokens cached with it are verified again and refused; other issuers stay cached', async () => {
+    const idp = await remoteIdp([RSA.jwk]);
+    const r = await remote(idp);
+    const old = await r.token(RSA);
+    const other = await sign(KEY_B, baseClaims({ iss: OTHER_ISSUER }));
+    for (const t of [old, other, old, other]) expect(verdict(await r.a.authenticate(t))).toBe('ok');
+    expect(r.hits).toEqual([false, false, true, true]);
+
+    // Rotation that withdraws the old key; the first token with the new kid fetches the new set.
+    idp.keys = [EC.jwk];
+    r.clock.ms += COOLDOWN_MS + 1;
+    expect(verdict(await r.a.authenticate(await r.token(EC)))).toBe('ok');
+    expect(idp.jwksCalls).toBe(2);
+
+    r.hits.length = 0;
+    expect(verdict(await r.a.authenticate(old))).toBe('TOKEN_INVALID');
+    expect(verdict(await r.a.authenticate(old))).toBe('TOKEN_INVALID');
+    expect(verdict(await r.a.authenticate(other))).toBe('ok');
+    expect(r.hits).toEqual([false, false, true]);
+  });
+
+  it('a background refresh that drops a key: tokens cached with it, even one verified as the refresh ran, are refused', async () => {
+    const idp = await remoteIdp([RSA.jwk]);
+    const r = await remote(idp, { refreshMs: 60_000 });
+    const old = await r.token(RSA);
+    expect(verdict(await r.a.authenticate(old))).toBe('ok');
+
+    idp.keys = [EC.jwk];
+    r.clock.ms += 60_000;
+    // This one is verified with the keys we have while the refresh runs in the background.
+    const during = await r.token(RSA, { sub: 'bob' });
+    expect(verdict(await r.a.authenticate(during))).toBe('ok');
+    await waitUntil(() => r.fetched.length === 2, 'the background refresh');
+    expect(r.fetched).toEqual(['success', 'success']);
+
+    r.hits.length = 0;
+    expect(verdict(await r.a.authenticate(old))).toBe('TOKEN_INVALID');
+    expect(verdict(await r.a.authenticate(during))).toBe('TOKEN_INVALID');
+    expect(r.hits).toEqual([false, false]);
+    expect(verdict(await r.a.authenticate(await r.token(EC)))).toBe('ok');
+  });
+
+  it('a key replaced under the same kid: tokens cached with the old material are refused', async () => {
+    const idp = await remoteIdp([RSA.jwk]);
+    const r = await remote(idp, { refreshMs: 60_000 });
+    const old = await r.token(RSA);
+    expect(verdict(await r.a.authenticate(old))).toBe('ok');
+
+    idp.keys = [IMPOSTOR.jwk];
+    r.clock.ms += 60_000;
+    // Served from the keys we have; starts the background refresh.
+    expect(verdict(await r.a.authenticate(await r.token(RSA, { sub: 'bob' })))).toBe('ok');
+    await waitUntil(() => r.fetched.length === 2, 'the background refresh');
+    r.hits.length = 0;
+    expect(verdict(await r.a.authenticate(old))).toBe('TOKEN_INVALID');
+    expect(r.hits).toEqual([false]);
+    expect(verdict(await r.a.authenticate(await r.token(IMPOSTOR)))).toBe('ok');
+  });
+
+  it('a rotation that keeps every key keeps the cached tokens', async () => {
+    const idp = await remoteIdp([RSA.jwk]);
+    const r = await remote(idp);
+    const old = await r.token(RSA);
+    expect(verdict(await r.a.authenticate(old))).toBe('ok');
+    idp.keys = [EC.jwk, RSA.jwk];
+    r.clock.ms += COOLDOWN_MS + 1;
+    expect(verdict(await r.a.authenticate(await r.token(EC)))).toBe('ok');
+    expect(idp.jwksCalls).toBe(2);
+    r.hits.length = 0;
+    expect(verdict(await r.a.authenticate(old))).toBe('ok');
+    expect(r.hits).toEqual([true]);
+  });
+
+  it('a failed fetch keeps the cached tokens', async () => {
+    const idp = await remoteIdp([RSA.jwk]);
+    const r = await remote(idp);
+    const old = await r.token(RSA);
+    expect(verdict(await r.a.authenticate(old))).toBe('ok');
+    idp.status = 500;
+    r.clock.ms += COOLDOWN_MS + 1;
+    expect(verdict(await r.a.authenticate(await r.token(EC)))).toBe('KEYS_UNAVAILABLE');
+    r.hits.length = 0;
+    expect(verdict(await r.a.authenticate(old))).toBe('ok');
+    expect(r.hits).toEqual([true]);
   });
 });
