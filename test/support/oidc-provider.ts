@@ -25,6 +25,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { importJWK, SignJWT } from 'jose';
 import type { Configuration, Provider as OidcProvider } from 'oidc-provider';
 import { closeServer, createAdapterFactory, generateSigningKey, listen, loadOidcProvider, quietly, type SigningKey } from './oidc-provider-common.js';
 
@@ -53,6 +54,18 @@ export interface TestProviderOptions {
   introspectionClients?: IntrospectionClient[];
   /** access token TTL in seconds (default 300) */
   accessTokenTtlSeconds?: number;
+  /** Called for every request on arrival (before hang / override), with its query string: who fetched what, when. */
+  onRequest?: (request: ArrivedRequest) => void;
+}
+
+/** A request as `onRequest` sees it: no header values. */
+export interface ArrivedRequest {
+  readonly method: string;
+  readonly path: string;
+  /** the raw query string without `?` ('' when none) */
+  readonly query: string;
+  /** Date.now() on arrival */
+  readonly at: number;
 }
 
 export interface IntrospectionClient {
@@ -109,6 +122,15 @@ export interface TestProvider {
    * server, so opaque tokens issued before still introspect.
    */
   rotateKeys(opts?: { keepOld?: boolean }): Promise<void>;
+  /** Stops publishing the key `kid` (a key withdrawn); the key that signs must stay. Resolves once the JWKS no longer serves it. */
+  removeKey(kid: string): Promise<void>;
+  /** `kid`s the JWKS serves now, signing key first. */
+  readonly publishedKids: readonly string[];
+  /**
+   * Signs `claims` exactly as given (add `iss` yourself) as an RS256 JWT with the published key `kid` (default: the
+   * current one), header `typ: at+jwt`: access tokens of any subject, roles and lifetime, without a token request.
+   */
+  signJwt(claims: Record<string, unknown>, kid?: string): Promise<string>;
   /** Outage: closes the listener and destroys every open connection; state (tokens, keys, counters) is kept. */
   stop(): Promise<void>;
   /** Listens again on the SAME port after stop(); no-op while listening; rejects after close(). */
@@ -120,6 +142,8 @@ export interface TestProvider {
   hang: boolean;
   /** While set, requests to the JWKS path answer 200 `application/json` with exactly this body. */
   jwksOverride: string | undefined;
+  /** While true, the introspection endpoint answers 503 (the rest of the provider keeps working). */
+  introspectionDown: boolean;
   /** Closes the listener and every open (keep-alive) connection. Idempotent. */
   close(): Promise<void>;
 }
@@ -166,12 +190,19 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
   let hang = false;
   let jwksOverride: string | undefined;
   let jwksPath = '/jwks';
+  let introspectionDown = false;
+  let introspectionPath = '/token/introspection';
   // Bind first: the issuer must contain the final port before the Provider is constructed.
   let listener: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => {
     res.writeHead(503, { 'content-type': 'text/plain' }).end('provider starting');
   };
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?', 1)[0] ?? '/';
+    if (opts.onRequest !== undefined) {
+      const url = req.url ?? '/';
+      const q = url.indexOf('?');
+      opts.onRequest({ method: req.method ?? 'GET', path, query: q < 0 ? '' : url.slice(q + 1), at: Date.now() });
+    }
     const authorization = req.headers.authorization;
     requestLog.push({
       method: req.method ?? 'GET',
@@ -179,6 +210,10 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
       authScheme: authorization === undefined ? undefined : (authorization.split(' ', 1)[0] ?? '').toLowerCase(),
     });
     if (hang) return; // accepted, never answered; stop()/close() destroy the socket
+    if (introspectionDown && path === introspectionPath) {
+      res.writeHead(503, { 'content-type': 'text/plain' }).end('introspection unavailable');
+      return;
+    }
     if (jwksOverride !== undefined && path === jwksPath) {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(jwksOverride);
       return;
@@ -191,6 +226,7 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
 
   const adapter = createAdapterFactory(new Map()); // shared by every provider instance (rotation keeps the tokens)
   let keys: SigningKey[] = [await generateSigningKey()];
+  const importedKeys = new Map<string, Awaited<ReturnType<typeof importJWK>>>();
 
   const buildConfiguration = (signingKid: string): Configuration => ({
     adapter,
@@ -289,6 +325,7 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
   const jwksUri = provider.urlFor('jwks');
   const introspectionEndpoint = provider.urlFor('introspection');
   jwksPath = new URL(jwksUri).pathname;
+  introspectionPath = new URL(introspectionEndpoint).pathname;
 
   // Lifecycle operations run one at a time.
   let state: 'listening' | 'stopped' | 'closed' = 'listening';
@@ -315,6 +352,12 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
     },
     set hang(value: boolean) {
       hang = value;
+    },
+    get introspectionDown() {
+      return introspectionDown;
+    },
+    set introspectionDown(value: boolean) {
+      introspectionDown = value;
     },
     get jwksOverride() {
       return jwksOverride;
@@ -346,6 +389,33 @@ export async function startTestProvider(opts: TestProviderOptions = {}): Promise
           throw err;
         }
       });
+    },
+    removeKey(kid) {
+      return serially(async () => {
+        if (state === 'closed') throw new Error('removeKey: the provider is closed');
+        if ((keys[0] as SigningKey).kid === kid) throw new Error('removeKey: the signing key cannot be removed');
+        const previous = keys;
+        keys = keys.filter((k) => k.kid !== kid);
+        try {
+          provider = activate();
+        } catch (err) {
+          keys = previous;
+          throw err;
+        }
+      });
+    },
+    get publishedKids() {
+      return keys.map((k) => k.kid);
+    },
+    async signJwt(claims, kid) {
+      const key = kid === undefined ? keys[0] : keys.find((k) => k.kid === kid);
+      if (key === undefined) throw new Error(`signJwt: no published key ${kid ?? ''}`);
+      let privateKey = importedKeys.get(key.kid);
+      if (privateKey === undefined) {
+        privateKey = await importJWK(key, 'RS256');
+        importedKeys.set(key.kid, privateKey);
+      }
+      return new SignJWT(claims).setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: key.kid }).sign(privateKey);
     },
     stop() {
       return serially(async () => {

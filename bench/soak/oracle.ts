@@ -1,0 +1,293 @@
+/**
+ * The soak's oracle: it knows what was true when each request was in flight (which policy version each replica
+ * ran, which keys the IdP published and when each replica fetched them, which sessions lived, which parts
+ * were down) and from that the answers a request may get. Everything is judged from the request's own
+ * [sent, answered] interval, so a request that overlaps a change may get either side's answer, and nothing
+ * else:
+ *
+ * - an allow is right only if the credential was valid and some policy version in force during the request
+ *   allows it; an allow also carries the right identity (never a spoofed one) and, through the proxy, the
+ *   canonical path;
+ * - 503 is permitted only while a needed key, the introspection endpoint or the session store could not be
+ *   had (the outage, plus until that replica could fetch again); 502/504 only on the proxy door while the app
+ *   is down;
+ * - a deny of a request that had to be allowed is a wrong denial; anything a client sees as a reset, a
+ *   timeout or a 500 is a failure.
+ */
+import type { PolicyVersion } from './policy.js';
+
+export type Door = 'proxy' | 'http' | 'grpc' | 'forward';
+export const DOORS: readonly Door[] = ['proxy', 'http', 'grpc', 'forward'];
+
+/** What a door answered, made comparable across doors (gRPC's denied_response status is its HTTP status). */
+export type Answer =
+  | {
+      readonly kind: 'answer';
+      readonly status: number;
+      readonly allow: boolean;
+      /** identity headers as the app (proxy) or the check's headers-to-set carry them */
+      readonly subject?: string | undefined;
+      readonly roles?: string | undefined;
+      /** proxy only: the path the app received */
+      readonly upstreamPath?: string | undefined;
+    }
+  | { readonly kind: 'failure'; readonly failure: 'reset' | 'refused' | 'no answer' | 'other'; readonly detail: string };
+
+export interface Window {
+  readonly kind: 'idp' | 'introspection' | 'app' | 'redis';
+  readonly start: number;
+  end: number;
+}
+
+interface KeyRecord {
+  readonly publishedAt: number;
+  removedAt: number;
+}
+
+export interface Session {
+  readonly cookie: string;
+  readonly subject: string;
+  readonly roles: readonly string[];
+  readonly createdAt: number;
+  /** set when signed out or when the store lost it */
+  endedAt: number;
+}
+
+/** What a request carried, as the oracle needs it. */
+export type Credential =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'jwt'; readonly kid: string; readonly subject: string; readonly roles: readonly string[]; readonly valid: boolean }
+  | { readonly kind: 'opaque'; readonly subject: string; readonly roles: readonly string[]; readonly active: boolean }
+  | { readonly kind: 'session'; readonly session: Session };
+
+export interface Probe {
+  readonly door: Door;
+  readonly replica: string;
+  readonly method: string;
+  /** the canonical path, or undefined when the path must be refused (400) */
+  readonly canonical: string | undefined;
+  readonly credential: Credential;
+  /** carries identity headers of its own */
+  readonly spoofed: boolean;
+}
+
+export type Verdict =
+  | 'right'
+  | 'permitted'
+  | 'wrong allow'
+  | 'wrong identity'
+  | 'wrong path'
+  | 'wrong denial'
+  | 'wrong status'
+  | 'failure';
+
+interface PolicyTransition {
+  /** when the file was written (or the replica started) */
+  readonly written: number;
+  /** when the replica said it loaded it; Infinity until then */
+  loaded: number;
+  readonly version: PolicyVersion;
+}
+
+/** How long after a change the oracle still accepts the old behaviour: a fetch answered, a store reconnected. */
+const SETTLE_MS = 1_000;
+/** A reload the replica never reported is taken as done this long after the write. */
+const RELOAD_DEADLINE_MS = 15_000;
+
+export class Timeline {
+  readonly windows: Window[] = [];
+  readonly #keys = new Map<string, KeyRecord>();
+  /** per replica: when its JWKS fetches arrived at the IdP */
+  readonly #fetches = new Map<string, number[]>();
+  readonly #policy = new Map<string, PolicyTransition[]>();
+
+  open(kind: Window['kind'], at = Date.now()): Window {
+    const w: Window = { kind, start: at, end: Infinity };
+    this.windows.push(w);
+    return w;
+  }
+
+  keyPublished(kid: string, at = Date.now()): void {
+    this.#keys.set(kid, { publishedAt: at, removedAt: Infinity });
+  }
+
+  keyRemoved(kid: string, at = Date.now()): void {
+    const k = this.#keys.get(kid);
+    if (k !== undefined) k.removedAt = at;
+  }
+
+  jwksFetched(replica: string, at: number): void {
+    const list = this.#fetches.get(replica) ?? [];
+    list.push(at);
+    this.#fetches.set(replica, list);
+  }
+
+  /** A replica started, or a policy file was written that this replica will load. */
+  policyWritten(replica: string, version: PolicyVersion, at = Date.now(), loaded = Infinity): void {
+    const list = this.#policy.get(replica) ?? [];
+    list.push({ written: at, loaded, version });
+    this.#policy.set(replica, list);
+  }
+
+  /** The replica logged that it loaded the newest good policy. */
+  policyLoaded(replica: string, at = Date.now()): void {
+    const last = this.#policy.get(replica)?.at(-1);
+    if (last !== undefined && last.loaded === Infinity) last.loaded = at;
+  }
+
+  /** Good writes a replica never reported loading within the deadline (a missed reload). */
+  missedReloads(now = Date.now()): number {
+    let n = 0;
+    for (const list of this.#policy.values()) {
+      for (const t of list) if (t.loaded === Infinity && now - t.written > RELOAD_DEADLINE_MS) n++;
+    }
+    return n;
+  }
+
+  /** Every policy version a replica may have run during [t0, t1]. */
+  versions(replica: string, t0: number, t1: number): PolicyVersion[] {
+    const list = this.#policy.get(replica) ?? [];
+    const out = new Set<PolicyVersion>();
+    for (let i = 0; i < list.length; i++) {
+      const t = list[i] as PolicyTransition;
+      const next = list[i + 1];
+      // In force from (at the earliest) its write until (at the latest) the next one was loaded.
+      const until = next === undefined ? Infinity : Math.min(next.loaded, next.written + RELOAD_DEADLINE_MS);
+      if (t.written <= t1 && until >= t0) out.add(t.version);
+    }
+    return [...out];
+  }
+
+  #overlaps(kind: Window['kind'] | readonly Window['kind'][], t0: number, t1: number, settleMs = SETTLE_MS): Window[] {
+    const kinds = typeof kind === 'string' ? [kind] : kind;
+    return this.windows.filter((w) => kinds.includes(w.kind) && w.start <= t1 && w.end + settleMs >= t0);
+  }
+
+  /** Fetch arrivals of `replica` in [from, to). */
+  #fetchedBetween(replica: string, from: number, to: number): boolean {
+    return (this.#fetches.get(replica) ?? []).some((a) => a >= from && a < to);
+  }
+
+  /**
+   * May the replica still have held the key `kid` during [t0, t1]? Until it fetched a key set without it: a
+   * fetch arriving after the removal, answered before the request began.
+   */
+  #mayHoldKey(replica: string, kid: string, t0: number): boolean {
+    const k = this.#keys.get(kid);
+    if (k === undefined) return false;
+    if (k.removedAt === Infinity) return true;
+    return !this.#fetchedBetween(replica, k.removedAt, t0 - SETTLE_MS);
+  }
+
+  /**
+   * May the replica have been unable to get the key `kid` during [t0, t1]? While the IdP was down since it
+   * was published, and until the replica's first fetch after that outage.
+   */
+  #keyMayBeUnavailable(replica: string, kid: string, t0: number, t1: number): boolean {
+    const published = this.#keys.get(kid)?.publishedAt ?? -Infinity;
+    return this.windows.some((w) => w.kind === 'idp' && w.start <= t1 && w.end >= published && !this.#fetchedBetween(replica, Math.max(w.end, published), t0 - SETTLE_MS));
+  }
+
+  /** The answers `probe`, sent at t0 and answered at t1, may get. */
+  expect(probe: Probe, t0: number, t1: number): { allow: boolean; denials: Set<number>; permitted: Set<number>; subject?: string; roles?: readonly string[]; certain: boolean } {
+    const denials = new Set<number>();
+    const permitted = new Set<number>();
+    // Forward-auth cannot take a client's identity headers off the request its proxy forwards: it refuses them.
+    if (probe.canonical === undefined || (probe.door === 'forward' && probe.spoofed)) {
+      denials.add(400);
+      return { allow: false, denials, permitted, certain: false };
+    }
+    const path = probe.canonical;
+    const versions = this.versions(probe.replica, t0, t1);
+    const policy = (subject: string | undefined, roles: readonly string[]): { allow: boolean; deny: boolean } => {
+      const answers = versions.map((v) => v.allows(subject, roles, probe.method, path));
+      return { allow: answers.includes(true), deny: answers.includes(false) };
+    };
+    const c = probe.credential;
+    let allow = false;
+    let subject: string | undefined;
+    let roles: readonly string[] | undefined;
+    let certain = false;
+    const decideFor = (s: string | undefined, r: readonly string[], denyStatus: number): void => {
+      const p = policy(s, r);
+      allow = p.allow;
+      certain = p.allow && !p.deny;
+      if (p.deny) denials.add(denyStatus);
+      subject = s;
+      roles = r;
+    };
+    switch (c.kind) {
+      case 'none':
+        decideFor(undefined, [], 401);
+        break;
+      case 'jwt': {
+        const held = this.#mayHoldKey(probe.replica, c.kid, t0);
+        const published = held && (this.#keys.get(c.kid)?.removedAt ?? -Infinity) === Infinity;
+        if (c.valid && held) decideFor(c.subject, c.roles, 403);
+        if (!c.valid || !published) {
+          // an invalid token, or a withdrawn key the replica may already have dropped
+          denials.add(401);
+          if (!held) certain = false;
+        }
+        if (!c.valid) certain = false;
+        if (this.#keyMayBeUnavailable(probe.replica, c.kid, t0, t1)) {
+          permitted.add(503);
+          certain = false;
+        }
+        break;
+      }
+      case 'opaque':
+        if (c.active) decideFor(c.subject, c.roles, 403);
+        else denials.add(401);
+        if (this.#overlaps(['idp', 'introspection'], t0, t1).length > 0) {
+          permitted.add(503);
+          certain = false;
+        }
+        break;
+      case 'session': {
+        const s = c.session;
+        const ended = s.endedAt + SETTLE_MS < t0;
+        const maybeEnded = s.endedAt <= t1;
+        if (!ended) decideFor(s.subject, s.roles, 403);
+        if (maybeEnded) {
+          denials.add(401);
+          certain = false;
+        }
+        if (this.#overlaps('redis', t0, t1, 5_000).length > 0) {
+          permitted.add(503);
+          certain = false;
+        }
+        break;
+      }
+    }
+    if (probe.door === 'proxy' && allow && this.#overlaps('app', t0, t1).length > 0) {
+      permitted.add(502);
+      permitted.add(504);
+      certain = false;
+    }
+    return { allow, denials, permitted, ...(subject === undefined ? {} : { subject }), ...(roles === undefined ? {} : { roles }), certain };
+  }
+
+  /** Was any fault window open during [t0, t1]? */
+  inFault(t0: number, t1: number): boolean {
+    return this.windows.some((w) => w.start <= t1 && w.end >= t0);
+  }
+
+  judge(probe: Probe, answer: Answer, t0: number, t1: number): Verdict {
+    if (answer.kind === 'failure') return 'failure';
+    const e = this.expect(probe, t0, t1);
+    if (answer.allow) {
+      if (!e.allow) return 'wrong allow';
+      if (e.subject !== undefined && answer.subject !== e.subject) return 'wrong identity';
+      if (e.subject === undefined && answer.subject !== undefined) return 'wrong identity';
+      if (e.roles !== undefined && e.subject !== undefined && (answer.roles ?? '') !== e.roles.join(',')) return 'wrong identity';
+      if (probe.door === 'proxy' && answer.upstreamPath !== probe.canonical) return 'wrong path';
+      return 'right';
+    }
+    if (answer.status === 500) return 'failure';
+    if (e.denials.has(answer.status)) return 'right';
+    if (e.permitted.has(answer.status)) return 'permitted';
+    if (e.allow && (answer.status === 401 || answer.status === 403 || answer.status === 400)) return 'wrong denial';
+    return 'wrong status';
+  }
+}

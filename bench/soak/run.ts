@@ -1,0 +1,789 @@
+/**
+ * The soak (issue #18): mixed load through every door of two replicas while keys rotate, policies change and
+ * the IdP, the introspection endpoint, the app, Redis and a replica fail, each several times; every answer
+ * judged by the oracle (oracle.ts), and the replicas' RSS, heap, event-loop delay and open file descriptors
+ * sampled every second. `runSoak` returns the figures; bench/soak.mjs prints and writes them, and the short
+ * run in test/integration/soak.test.ts asserts on them.
+ */
+import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { Pool, request } from 'undici';
+import { ROOT } from '../../test/support/cli.js';
+import { ScriptedBrowser, signInAtProvider } from '../../test/support/scripted-browser.js';
+import { USERS } from '../../test/support/signin-env.js';
+import { DOORS, Timeline, type Answer, type Credential, type Door, type Probe, type Session, type Verdict } from './oracle.js';
+import { BROKEN_POLICY, POLICY_VERSIONS, type PolicyVersion } from './policy.js';
+import { AUDIENCE, COOKIE, M2M_CLIENTS, OPAQUE_AUDIENCE, PREFIX, startWorld, type Replica, type World } from './world.js';
+
+export interface SoakOptions {
+  readonly seconds: number;
+  /** requests per second across all doors (default 300) */
+  readonly rate?: number;
+  /** progress lines (default: none) */
+  readonly log?: (line: string) => void;
+}
+
+export interface Sample {
+  readonly t: number;
+  readonly replica: string;
+  readonly start: number;
+  readonly rssMiB: number;
+  readonly heapMiB: number;
+  readonly loopP99Ms: number;
+  readonly fds: number;
+}
+
+export interface WrongAnswer {
+  readonly verdict: Verdict;
+  readonly kind: string;
+  readonly door: Door;
+  readonly replica: string;
+  readonly method: string;
+  readonly path: string;
+  readonly status: number | string;
+  readonly inFault: boolean;
+  readonly at: number;
+}
+
+export interface SoakResult {
+  readonly seconds: number;
+  readonly requests: number;
+  /** door -> answer (HTTP status, or the failure's kind) -> count */
+  readonly byDoor: Record<string, Record<string, number>>;
+  readonly byKind: Record<string, number>;
+  readonly verdicts: Record<Verdict, number>;
+  readonly wrongAllows: number;
+  readonly wrongDenialsOutsideFaults: number;
+  readonly wrongDenialsInFaults: number;
+  /** denials with the wrong status (a 403 where only 401 was right, a 401 for a bad path ...) */
+  readonly wrongStatuses: number;
+  /** failures by kind: 500, reset, refused, no answer, other, 503 outside a window ... */
+  readonly failures: Record<string, number>;
+  readonly failuresOutsideFaults: number;
+  readonly wrong: readonly WrongAnswer[];
+  /** fault -> how many times it ran */
+  readonly faults: Record<string, number>;
+  readonly findings: readonly string[];
+  readonly samples: readonly Sample[];
+  /**
+   * Open file descriptors per replica when idle: after start (or its last restart) before any load, and after
+   * the load stopped and the clients closed their connections (plus the keep-alive timeouts).
+   */
+  readonly idleFds: Record<string, { readonly before: number; readonly after: number }>;
+  /** requests the load generator did not send because too many were in flight */
+  readonly shed: number;
+}
+
+/* ---- tokens --------------------------------------------------------------------------------------------- */
+
+interface Minted {
+  readonly token: string;
+  readonly kid: string;
+  readonly subject: string;
+  readonly roles: readonly string[];
+}
+
+const ROLE_SETS: ReadonlyArray<readonly string[]> = [['reader'], ['writer'], ['admin'], []];
+
+/** A foreign RSA key: tokens under a kid the IdP never published (forged, or from another realm). */
+const FOREIGN = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+function forge(claims: Record<string, unknown>, kid: string): string {
+  const head = `${b64({ alg: 'RS256', typ: 'at+jwt', kid })}.${b64(claims)}`;
+  return `${head}.${sign('sha256', Buffer.from(head), FOREIGN.privateKey).toString('base64url')}`;
+}
+
+class Tokens {
+  signingKid: string;
+  valid: Minted[] = [];
+  expired: Minted[] = [];
+  wrongAudience: Minted[] = [];
+  /** tokens under keys the IdP withdrew (minted while they were published) */
+  withdrawn: Minted[] = [];
+  #serial = 0;
+
+  constructor(readonly world: World) {
+    this.signingKid = world.api.currentKid;
+  }
+
+  claims(subject: string, roles: readonly string[], overrides: Record<string, unknown> = {}): Record<string, unknown> {
+    const now = Math.floor(Date.now() / 1000);
+    return { iss: this.world.api.issuer, aud: AUDIENCE, sub: subject, roles, iat: now, exp: now + 3_600, jti: randomBytes(8).toString('hex'), ...overrides };
+  }
+
+  async mint(subject: string, roles: readonly string[], overrides: Record<string, unknown> = {}, kid = this.signingKid): Promise<Minted> {
+    return { token: await this.world.api.signJwt(this.claims(subject, roles, overrides), kid), kid, subject, roles };
+  }
+
+  /** Pools for the current signing key: 5 subjects per role set, and a few expired and wrong-audience ones. */
+  async refill(): Promise<void> {
+    const valid: Minted[] = [];
+    for (const roles of ROLE_SETS) for (let i = 0; i < 5; i++) valid.push(await this.mint(`user-${roles[0] ?? 'none'}-${i}`, roles));
+    const now = Math.floor(Date.now() / 1000);
+    const expired: Minted[] = [];
+    const wrong: Minted[] = [];
+    for (let i = 0; i < 4; i++) {
+      expired.push(await this.mint(`expired-${i}`, ['admin'], { iat: now - 7_200, exp: now - 3_600 }));
+      wrong.push(await this.mint(`other-${i}`, ['admin'], { aud: 'another-api' }));
+    }
+    this.valid = valid;
+    this.expired = expired;
+    this.wrongAudience = wrong;
+  }
+
+  churn(): Promise<Minted> {
+    const roles = ROLE_SETS[this.#serial % ROLE_SETS.length] as readonly string[];
+    return this.mint(`churn-${++this.#serial}`, roles);
+  }
+
+  forged(): Minted {
+    const kid = `forged-${this.#serial++ % 64}`;
+    return { token: forge(this.claims('forger', ['admin']), kid), kid, subject: 'forger', roles: ['admin'] };
+  }
+}
+
+interface OpaqueToken {
+  readonly token: string;
+  readonly subject: string;
+  readonly roles: readonly string[];
+  readonly expiresAt: number;
+}
+
+/* ---- what is sent --------------------------------------------------------------------------------------- */
+
+interface Target {
+  readonly method: string;
+  readonly raw: string;
+  /** undefined: the sidecar must refuse the path (400) */
+  readonly canonical: string | undefined;
+  /** a path that needs normalizing: the check doors refuse it (400), only the proxy normalizes (docs/front-doors.md) */
+  readonly needsNormalizing: boolean;
+}
+
+/** `canonical` null: the path must be refused. */
+const t = (method: string, raw: string, canonical: string | null = raw.split('?')[0] ?? raw): Target => ({
+  method,
+  raw,
+  canonical: canonical ?? undefined,
+  needsNormalizing: /\/\.{1,2}(\/|$)|\/\//.test(raw.split('?')[0] ?? raw),
+});
+const ROUTES: readonly Target[] = [
+  t('GET', '/orders'),
+  t('GET', '/orders/7'),
+  t('GET', '/orders?page=2'),
+  t('POST', '/orders'),
+  t('DELETE', '/orders/7'),
+  t('GET', '/reports/q3'),
+  t('GET', '/public/info'),
+  t('GET', '/admin/users'),
+  t('POST', '/admin/users'),
+];
+const ODD: readonly Target[] = [
+  t('GET', '/orders/7/../../admin/users', '/admin/users'),
+  t('GET', '//orders//7', '/orders/7'),
+  t('GET', '/orders/%37', '/orders/7'),
+  t('GET', '/public/./info', '/public/info'),
+  t('GET', '/admin%2fusers', null),
+  t('GET', '/orders;jsessionid=1', null),
+  t('GET', '/orders/7%00', null),
+  t('GET', '/orders/%zz', null),
+  t('GET', '/public/..%2f..%2fadmin/users', null),
+];
+const SESSION_ROUTES: readonly Target[] = [t('GET', '/orders'), t('GET', '/orders/7'), t('GET', '/reports/q3'), t('GET', '/admin/users')];
+const SPOOF = { 'x-auth-subject': 'root', 'x-auth-roles': 'admin', x_auth_subject: 'root' };
+
+interface Planned {
+  readonly kind: string;
+  readonly target: Target;
+  readonly credential: Credential;
+  readonly headers: Record<string, string>;
+  /** carries identity headers of its own (x-auth-*) */
+  readonly spoofed?: boolean;
+}
+
+const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)] as T;
+
+/* ---- doors ---------------------------------------------------------------------------------------------- */
+
+interface GrpcCheckResponse {
+  status?: { code?: number };
+  ok_response?: { headers?: Array<{ header?: { key?: string; value?: string } }> };
+  denied_response?: { status?: { code?: number } };
+}
+type CheckClient = grpc.Client & { Check(req: unknown, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: GrpcCheckResponse) => void): void };
+
+const definition = protoLoader.loadSync('envoy/service/auth/v3/external_auth.proto', {
+  includeDirs: [join(ROOT, 'proto')],
+  keepCase: true,
+  longs: Number,
+  enums: Number,
+  defaults: true,
+  oneofs: true,
+});
+const Authorization = (grpc.loadPackageDefinition(definition) as unknown as { envoy: { service: { auth: { v3: { Authorization: new (a: string, c: grpc.ChannelCredentials) => CheckClient } } } } })
+  .envoy.service.auth.v3.Authorization;
+
+const TIMEOUT_MS = 10_000;
+
+function classifyError(err: unknown): Answer {
+  const e = err as { code?: string; name?: string; message?: string };
+  const code = e.code ?? e.name ?? '';
+  const detail = `${code} ${e.message ?? ''}`.trim();
+  if (code === 'ECONNREFUSED') return { kind: 'failure', failure: 'refused', detail };
+  if (/TIMEOUT|Timeout|AbortError/.test(code)) return { kind: 'failure', failure: 'no answer', detail };
+  if (/ECONNRESET|UND_ERR_SOCKET|EPIPE|UND_ERR_CLOSED/.test(code)) return { kind: 'failure', failure: 'reset', detail };
+  return { kind: 'failure', failure: 'other', detail };
+}
+
+function header(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(',') : value;
+}
+
+class Doors {
+  readonly #pools = new Map<string, Pool>();
+  readonly #grpc = new Map<string, CheckClient>();
+
+  #pool(port: number): Pool {
+    const key = String(port);
+    let pool = this.#pools.get(key);
+    if (pool === undefined) {
+      pool = new Pool(`http://127.0.0.1:${port}`, { connections: 32, keepAliveTimeout: 4_000, headersTimeout: TIMEOUT_MS, bodyTimeout: TIMEOUT_MS });
+      this.#pools.set(key, pool);
+    }
+    return pool;
+  }
+
+  async send(door: Door, replica: Replica, plan: Planned): Promise<Answer> {
+    try {
+      switch (door) {
+        case 'proxy': {
+          const res = await this.#pool(replica.ports.proxy).request({ method: plan.target.method, path: plan.target.raw, headers: { accept: 'application/json', ...plan.headers } });
+          const text = await res.body.text();
+          if (res.statusCode === 200 && res.headers['content-type'] === 'application/json') {
+            const app = JSON.parse(text) as { path: string; identity: Record<string, string>; sidecarCookie: boolean; authorization: boolean };
+            // The sidecar's cookie or the token reaching the app is an identity failure (rendered as a spoofed subject).
+            const leaked = app.sidecarCookie || app.authorization;
+            return { kind: 'answer', status: 200, allow: true, subject: leaked ? 'LEAKED' : app.identity['x-auth-subject'], roles: app.identity['x-auth-roles'], upstreamPath: app.path.split('?')[0] };
+          }
+          return { kind: 'answer', status: res.statusCode, allow: false };
+        }
+        case 'http': {
+          // Envoy's HTTP ext_authz: the original method and path (after an empty pathPrefix), the request's headers.
+          const res = await this.#pool(replica.ports.http).request({ method: plan.target.method, path: plan.target.raw, headers: { accept: 'application/json', ...plan.headers } });
+          await res.body.dump();
+          return res.statusCode === 200
+            ? { kind: 'answer', status: 200, allow: true, subject: header(res.headers['x-auth-subject']), roles: header(res.headers['x-auth-roles']) }
+            : { kind: 'answer', status: res.statusCode, allow: false };
+        }
+        case 'forward': {
+          // Traefik's ForwardAuth: the original request in X-Forwarded-*.
+          const res = await this.#pool(replica.ports.forward).request({
+            method: 'GET',
+            path: '/',
+            headers: {
+              accept: 'application/json',
+              'x-forwarded-method': plan.target.method,
+              'x-forwarded-uri': plan.target.raw,
+              'x-forwarded-host': 'shop.soak.test',
+              'x-forwarded-proto': 'http',
+              ...plan.headers,
+            },
+          });
+          await res.body.dump();
+          return res.statusCode === 200
+            ? { kind: 'answer', status: 200, allow: true, subject: header(res.headers['x-auth-subject']), roles: header(res.headers['x-auth-roles']) }
+            : { kind: 'answer', status: res.statusCode, allow: false };
+        }
+        case 'grpc': {
+          let client = this.#grpc.get(replica.name);
+          if (client === undefined) {
+            client = new Authorization(`127.0.0.1:${replica.ports.grpc}`, grpc.credentials.createInsecure());
+            this.#grpc.set(replica.name, client);
+          }
+          const headers = Object.fromEntries(Object.entries({ accept: 'application/json', ...plan.headers }).map(([k, v]) => [k.toLowerCase(), v]));
+          const req = { attributes: { request: { http: { method: plan.target.method, path: plan.target.raw, host: 'shop.soak.test', scheme: 'http', protocol: 'HTTP/1.1', headers } } } };
+          const res = await new Promise<GrpcCheckResponse>((resolve, reject) => {
+            (client).Check(req, { deadline: Date.now() + TIMEOUT_MS }, (err, r) => (err ? reject(err) : resolve(r ?? {})));
+          });
+          if ((res.status?.code ?? 0) === 0 && res.ok_response !== undefined) {
+            const set = new Map((res.ok_response.headers ?? []).map((h) => [h.header?.key ?? '', h.header?.value ?? '']));
+            return { kind: 'answer', status: 200, allow: true, subject: set.get('x-auth-subject'), roles: set.get('x-auth-roles') };
+          }
+          return { kind: 'answer', status: res.denied_response?.status?.code ?? 0, allow: false };
+        }
+      }
+    } catch (err) {
+      const e = err as grpc.ServiceError;
+      if (door === 'grpc' && typeof e.code === 'number') {
+        if (e.code === grpc.status.DEADLINE_EXCEEDED) return { kind: 'failure', failure: 'no answer', detail: e.details };
+        if (e.code === grpc.status.UNAVAILABLE) return { kind: 'failure', failure: /refused/i.test(e.details) ? 'refused' : 'reset', detail: e.details };
+        return { kind: 'failure', failure: 'other', detail: `${e.code} ${e.details}` };
+      }
+      return classifyError(err);
+    }
+  }
+
+  /** Forgets a replica's connections (it restarted). */
+  reset(replica: Replica): void {
+    this.#grpc.get(replica.name)?.close();
+    this.#grpc.delete(replica.name);
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.#grpc.values()) c.close();
+    await Promise.all([...this.#pools.values()].map((p) => p.destroy()));
+  }
+}
+
+async function openFds(replica: Replica): Promise<number> {
+  const pid = replica.process.child.pid;
+  return pid === undefined ? Number.NaN : (await readdir(`/proc/${pid}/fd`)).length;
+}
+
+/* ---- the run -------------------------------------------------------------------------------------------- */
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function runSoak(options: SoakOptions): Promise<SoakResult> {
+  const seconds = options.seconds;
+  const rate = options.rate ?? 300;
+  const log = options.log ?? ((): void => undefined);
+  const dir = await mkdtemp(join(tmpdir(), 'authz-soak-'));
+  const timeline = new Timeline();
+  const findings: string[] = [];
+  const reloadFailures = new Map<string, number>();
+
+  const world = await startWorld({
+    dir,
+    timeline,
+    onLog: (replica, line) => {
+      if (line['msg'] === 'policy reloaded') timeline.policyLoaded(replica.name);
+      if (line['msg'] === 'policy reload failed; the last good policy keeps serving') reloadFailures.set(replica.name, (reloadFailures.get(replica.name) ?? 0) + 1);
+      if (typeof line['level'] === 'number' && line['level'] >= 50 && findings.length < 50) findings.push(`replica ${replica.name} logged error: ${String(line['msg'])}`);
+    },
+  });
+  const doors = new Doors();
+  const tokens = new Tokens(world);
+  await tokens.refill();
+
+  /* opaque tokens from the IdP's client_credentials grant */
+  let opaque: OpaqueToken[] = [];
+  const refillOpaque = async (): Promise<void> => {
+    const fresh: OpaqueToken[] = [];
+    for (const c of M2M_CLIENTS) {
+      for (let i = 0; i < 6; i++) fresh.push({ token: await world.api.getToken(c.clientId, { audience: OPAQUE_AUDIENCE }), subject: c.clientId, roles: c.roles, expiresAt: Date.now() + 900_000 });
+    }
+    opaque = [...opaque.filter((o) => o.expiresAt - Date.now() > 300_000), ...fresh];
+  };
+  await refillOpaque();
+
+  /* browser sessions through the sign-in provider's login page, over replica A */
+  const sessions: Session[] = [];
+  const ended: Session[] = [];
+  const signIn = async (login: 'alice' | 'rita'): Promise<void> => {
+    const browser = new ScriptedBrowser();
+    try {
+      const first = await browser.get(`${world.callbackOrigin}/orders`);
+      await signInAtProvider(browser, first, { login });
+      const cookie = browser.cookies.headerFor(`${world.callbackOrigin}/`);
+      if (!cookie.includes(`${COOKIE}=`)) throw new Error(`no session cookie after signing in as ${login}`);
+      const user = USERS[login] ?? {};
+      sessions.push({ cookie, subject: user.sub ?? login, roles: user.roles ?? [], createdAt: Date.now(), endedAt: Infinity });
+    } finally {
+      await browser.close();
+    }
+  };
+  for (const login of ['alice', 'rita', 'alice', 'rita'] as const) await signIn(login);
+  const idleBefore = new Map<string, number>();
+  for (const r of world.replicas) idleBefore.set(r.name, await openFds(r));
+
+  /* the plan of one request */
+  const plan = async (): Promise<Planned> => {
+    const r = Math.random();
+    const route = pick(ROUTES);
+    const bearer = (m: Minted): Record<string, string> => ({ authorization: `Bearer ${m.token}` });
+    const jwt = (m: Minted, valid: boolean): Credential => ({ kind: 'jwt', kid: m.kid, subject: m.subject, roles: m.roles, valid });
+    if (r < 0.28) {
+      const m = pick(tokens.valid);
+      return { kind: 'valid token', target: route, credential: jwt(m, true), headers: bearer(m) };
+    }
+    if (r < 0.42) {
+      const m = await tokens.churn();
+      return { kind: 'churned token', target: route, credential: jwt(m, true), headers: bearer(m) };
+    }
+    if (r < 0.46 && tokens.withdrawn.length > 0) {
+      const m = pick(tokens.withdrawn);
+      return { kind: 'withdrawn key', target: route, credential: jwt(m, true), headers: bearer(m) };
+    }
+    if (r < 0.5) {
+      const m = pick(tokens.expired);
+      return { kind: 'expired token', target: route, credential: jwt(m, false), headers: bearer(m) };
+    }
+    if (r < 0.54) {
+      const m = pick(tokens.wrongAudience);
+      return { kind: 'wrong audience', target: route, credential: jwt(m, false), headers: bearer(m) };
+    }
+    if (r < 0.56) {
+      const m = tokens.forged();
+      return { kind: 'unknown key', target: route, credential: jwt(m, false), headers: bearer(m) };
+    }
+    if (r < 0.63) return { kind: 'no token', target: route, credential: { kind: 'none' }, headers: {} };
+    if (r < 0.69) {
+      const m = pick(tokens.valid);
+      return { kind: 'spoofed headers', target: route, credential: jwt(m, true), headers: { ...SPOOF, ...bearer(m) }, spoofed: true };
+    }
+    if (r < 0.71) return { kind: 'spoofed, no token', target: route, credential: { kind: 'none' }, headers: SPOOF, spoofed: true };
+    if (r < 0.77) {
+      const m = pick(tokens.valid);
+      return { kind: 'odd path', target: pick(ODD), credential: jwt(m, true), headers: bearer(m) };
+    }
+    if (r < 0.86) {
+      const o = pick(opaque);
+      return { kind: 'opaque token', target: route, credential: { kind: 'opaque', subject: o.subject, roles: o.roles, active: o.expiresAt - Date.now() > 60_000 }, headers: { authorization: `Bearer ${o.token}` } };
+    }
+    if (r < 0.88) {
+      return { kind: 'unknown opaque', target: route, credential: { kind: 'opaque', subject: '', roles: [], active: false }, headers: { authorization: `Bearer opaque-${randomBytes(12).toString('hex')}` } };
+    }
+    const useEnded = ended.length > 0 && Math.random() < 0.2;
+    const s = useEnded ? pick(ended) : pick(sessions.length > 0 ? sessions : ended);
+    if (s === undefined) return { kind: 'no token', target: route, credential: { kind: 'none' }, headers: {} };
+    return { kind: useEnded ? 'ended session' : 'session cookie', target: pick(SESSION_ROUTES), credential: { kind: 'session', session: s }, headers: { cookie: s.cookie } };
+  };
+
+  /* results */
+  const byDoor: Record<string, Record<string, number>> = Object.fromEntries(DOORS.map((d) => [d, {}]));
+  const byKind: Record<string, number> = {};
+  const verdicts = { right: 0, permitted: 0, 'wrong allow': 0, 'wrong identity': 0, 'wrong path': 0, 'wrong denial': 0, 'wrong status': 0, failure: 0 } as Record<Verdict, number>;
+  const failures: Record<string, number> = {};
+  const wrong: WrongAnswer[] = [];
+  let failuresOutsideFaults = 0;
+  let wrongDenialsOutsideFaults = 0;
+  let wrongDenialsInFaults = 0;
+  let wrongStatuses = 0;
+  let requests = 0;
+  let inflight = 0;
+  let shed = 0;
+  const inflightBy = new Map<string, number>();
+  let rr = 0;
+
+  const fire = async (): Promise<void> => {
+    const candidates = world.replicas.filter((r) => r.inRotation);
+    const replica = candidates[rr++ % candidates.length];
+    if (replica === undefined) return;
+    const door = pick<Door>(['proxy', 'proxy', 'http', 'grpc', 'forward']);
+    inflight++;
+    inflightBy.set(replica.name, (inflightBy.get(replica.name) ?? 0) + 1);
+    try {
+      const p = await plan();
+      const probe: Probe = { door, replica: replica.name, method: p.target.method, canonical: door !== 'proxy' && p.target.needsNormalizing ? undefined : p.target.canonical, credential: p.credential, spoofed: p.spoofed === true };
+      const t0 = Date.now();
+      const answer = await doors.send(door, replica, p);
+      const t1 = Date.now();
+      requests++;
+      byKind[p.kind] = (byKind[p.kind] ?? 0) + 1;
+      const label = answer.kind === 'answer' ? String(answer.status) : answer.failure;
+      const row = byDoor[door] as Record<string, number>;
+      row[label] = (row[label] ?? 0) + 1;
+      const verdict = timeline.judge(probe, answer, t0, t1);
+      verdicts[verdict]++;
+      const inFault = timeline.inFault(t0, t1);
+      if (verdict === 'failure') {
+        const kind = answer.kind === 'failure' ? answer.failure : String(answer.status);
+        failures[kind] = (failures[kind] ?? 0) + 1;
+        if (!inFault) failuresOutsideFaults++;
+      }
+      if (verdict === 'wrong status' && answer.kind === 'answer' && answer.status < 500) wrongStatuses++;
+      if (verdict === 'wrong status' && answer.kind === 'answer' && answer.status >= 500) {
+        // a 5xx outside its permitted window is a failure of its own kind
+        const kind = `${answer.status} outside its window`;
+        failures[kind] = (failures[kind] ?? 0) + 1;
+        if (!inFault) failuresOutsideFaults++;
+      }
+      if (verdict === 'wrong denial') {
+        if (inFault) wrongDenialsInFaults++;
+        else wrongDenialsOutsideFaults++;
+      }
+      if (verdict !== 'right' && verdict !== 'permitted' && wrong.length < 200) {
+        wrong.push({
+          verdict,
+          kind: p.kind,
+          door,
+          replica: replica.name,
+          method: p.target.method,
+          path: p.target.raw,
+          status: answer.kind === 'answer' ? answer.status : `${answer.failure}: ${answer.detail}`,
+          inFault,
+          at: t0,
+        });
+      }
+    } finally {
+      inflight--;
+      inflightBy.set(replica.name, (inflightBy.get(replica.name) ?? 1) - 1);
+    }
+  };
+
+  /* sampling */
+  const samples: Sample[] = [];
+  const sampleOnce = async (): Promise<void> => {
+    for (const r of world.replicas) {
+      const pid = r.process.child.pid;
+      if (pid === undefined || r.process.child.exitCode !== null) continue;
+      try {
+        const status = await readFile(`/proc/${pid}/status`, 'utf8');
+        const rss = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) / 1024;
+        const fds = (await readdir(`/proc/${pid}/fd`)).length;
+        const res = await request(`http://127.0.0.1:${r.ports.admin}/metrics`, { headersTimeout: 2_000, bodyTimeout: 2_000 });
+        const text = await res.body.text();
+        const metric = (name: string): number => Number(new RegExp(`^${name} ([0-9.e+-]+)`, 'm').exec(text)?.[1] ?? NaN);
+        samples.push({
+          t: Date.now(),
+          replica: r.name,
+          start: r.starts,
+          rssMiB: rss,
+          heapMiB: metric('nodejs_heap_size_used_bytes') / 1048576,
+          loopP99Ms: metric('nodejs_eventloop_lag_p99_seconds') * 1000,
+          fds,
+        });
+      } catch {
+        // the replica is restarting
+      }
+    }
+  };
+
+  /* faults */
+  const faults: Record<string, number> = {};
+  const count = (name: string): void => void (faults[name] = (faults[name] ?? 0) + 1);
+  let policyIndex = 0;
+  let closing = false;
+  const writePolicy = async (csv: string, version: PolicyVersion | undefined): Promise<void> => {
+    const at = Date.now();
+    await world.policy.write(csv);
+    if (version !== undefined) for (const r of world.replicas) timeline.policyWritten(r.name, version, at);
+  };
+  const idpOutage = async (ms: number): Promise<void> => {
+    const w = timeline.open('idp');
+    await Promise.all([world.api.stop(), world.op.stop()]);
+    await sleep(ms);
+    await Promise.all([world.api.start(), world.op.start()]);
+    w.end = Date.now();
+    count('IdP down and up');
+  };
+  const introspectionOutage = async (ms: number): Promise<void> => {
+    // The IdP answers everything but introspection: a broken endpoint behind a healthy JWKS.
+    const w = timeline.open('introspection');
+    world.api.introspectionDown = true;
+    await sleep(ms);
+    world.api.introspectionDown = false;
+    w.end = Date.now();
+    count('introspection down');
+  };
+  const appOutage = async (ms: number): Promise<void> => {
+    const w = timeline.open('app');
+    await world.killApp();
+    await sleep(ms);
+    await world.startApp();
+    w.end = Date.now();
+    count('app killed and restarted');
+  };
+  const redisRestart = async (ms: number): Promise<void> => {
+    const w = timeline.open('redis');
+    await world.redis.stop();
+    // Its sessions are gone with it (no persistence, as deploy/kubernetes/redis-sessions runs it).
+    const at = Date.now();
+    for (const s of sessions.splice(0)) {
+      s.endedAt = at;
+      ended.push(s);
+    }
+    await sleep(ms);
+    await world.redis.start();
+    w.end = Date.now();
+    count('Redis restarted');
+    await sleep(3_000);
+    await signInAgain();
+  };
+  const signInAgain = async (): Promise<void> => {
+    for (const login of ['alice', 'rita'] as const) {
+      try {
+        await signIn(login);
+      } catch (err) {
+        findings.push(`sign-in as ${login} failed: ${(err as Error).message.slice(0, 200)}`);
+      }
+    }
+  };
+  const signOutOne = async (): Promise<void> => {
+    const s = sessions.shift();
+    if (s === undefined) return;
+    const res = await request(`${world.callbackOrigin}${PREFIX}/sign-out`, { headers: { cookie: s.cookie } });
+    await res.body.dump();
+    if (res.statusCode !== 302) {
+      findings.push(`sign-out answered ${res.statusCode}`);
+      sessions.push(s);
+      return;
+    }
+    s.endedAt = Date.now();
+    ended.push(s);
+    count('sign-out');
+    await signInAgain();
+  };
+  const restartReplica = async (): Promise<void> => {
+    const replica = world.replicas[1] as Replica;
+    // The load balancer takes it out first (Kubernetes removes the endpoint); requests in flight must finish.
+    replica.inRotation = false;
+    const { exitCode } = await world.restartReplica(replica);
+    if (exitCode !== 0) findings.push(`replica ${replica.name} exited ${exitCode} after SIGTERM`);
+    doors.reset(replica);
+    idleBefore.set(replica.name, await openFds(replica));
+    // It loads the current policy at start.
+    timeline.policyWritten(replica.name, POLICY_VERSIONS[policyIndex % POLICY_VERSIONS.length] as PolicyVersion, Date.now(), Date.now());
+    replica.inRotation = true;
+    count('replica restarted (SIGTERM, drain, start)');
+  };
+  const rotateKeys = async (): Promise<void> => {
+    // Planned rotation: publish the new key, sign with it only after the refetch cooldown (as IdPs publish ahead),
+    // then withdraw the old one. Its tokens stay in clients' hands: they must stop working.
+    const old = tokens.signingKid;
+    await world.api.rotateKeys();
+    const kid = world.api.currentKid;
+    timeline.keyPublished(kid);
+    await sleep(35_000);
+    if (closing) return;
+    const oldTokens = tokens.valid;
+    tokens.signingKid = kid;
+    await tokens.refill();
+    await sleep(3_000);
+    if (closing) return;
+    await world.api.removeKey(old);
+    timeline.keyRemoved(old);
+    tokens.withdrawn = [...tokens.withdrawn.filter((m) => world.api.publishedKids.includes(m.kid) === false).slice(-40), ...oldTokens];
+    count('JWKS rotation (new key, old key removed)');
+  };
+
+  const swapPolicy = async (): Promise<void> => {
+    policyIndex++;
+    const v = POLICY_VERSIONS[policyIndex % POLICY_VERSIONS.length] as PolicyVersion;
+    await writePolicy(v.csv, v);
+    count('policy replaced (..data swap)');
+  };
+  // In this order, the IdP is down when the first rotation's new key comes into use (at about 37 s) and when
+  // its old key is withdrawn: the short run meets the key faults too.
+  const steps: Array<[string, () => Promise<void>]> = [
+    ['policy swap', swapPolicy],
+    ['introspection down', () => introspectionOutage(8_000)],
+    ['SIGHUP', async () => {
+      for (const r of world.replicas) if (r.inRotation) r.process.signal('SIGHUP');
+      count('SIGHUP');
+    }],
+    ['app kill', () => appOutage(3_000)],
+    ['broken policy', async () => {
+      await writePolicy(BROKEN_POLICY, undefined);
+      count('broken policy written');
+    }],
+    ['Redis restart', () => redisRestart(3_000)],
+    ['IdP down', () => idpOutage(8_000)],
+    ['policy swap', swapPolicy],
+    ['replica restart', restartReplica],
+    ['sign-out', signOutOne],
+  ];
+
+  const started = Date.now();
+  const deadline = started + seconds * 1000;
+  const gapMs = seconds <= 120 ? 4_500 : 15_000;
+  log(`soak: ${seconds} s, ${rate} req/s, a fault every ${gapMs / 1000} s`);
+
+  const loadLoop = (async () => {
+    const tickMs = 20;
+    let credit = 0;
+    const pending = new Set<Promise<void>>();
+    while (Date.now() < deadline) {
+      credit += (rate * tickMs) / 1000;
+      while (credit >= 1) {
+        credit--;
+        if (inflight >= 400) {
+          shed++;
+          continue;
+        }
+        const p = fire().catch((err: unknown) => void findings.push(`load error: ${(err as Error).message}`));
+        pending.add(p);
+        void p.finally(() => pending.delete(p));
+      }
+      await sleep(tickMs);
+    }
+    await Promise.all(pending);
+  })();
+
+  const sampler = (async () => {
+    while (Date.now() < deadline) {
+      await sampleOnce();
+      await sleep(1_000);
+    }
+    await sampleOnce();
+  })();
+
+  const rotations = (async () => {
+    await sleep(2_000);
+    while (Date.now() + 45_000 < deadline && !closing) await rotateKeys();
+  })();
+
+  const opaqueRefresh = (async () => {
+    while (Date.now() + 120_000 < deadline) {
+      await sleep(120_000);
+      if (timeline.windows.some((w) => w.kind === 'idp' && w.end === Infinity)) continue;
+      await refillOpaque().catch((err: unknown) => void findings.push(`opaque token refill failed: ${(err as Error).message}`));
+    }
+  })();
+
+  const schedule = (async () => {
+    await sleep(3_000);
+    let i = 0;
+    while (Date.now() + gapMs < deadline) {
+      const [name, step] = steps[i++ % steps.length] as [string, () => Promise<void>];
+      const at = Date.now();
+      log(`soak: +${Math.round((at - started) / 1000)} s ${name}`);
+      await step().catch((err: unknown) => void findings.push(`fault ${name} failed: ${(err as Error).message}`));
+      await sleep(Math.max(0, gapMs - (Date.now() - at)));
+    }
+  })();
+
+  await Promise.all([loadLoop, sampler, schedule, opaqueRefresh]);
+  closing = true;
+  await rotations;
+  const missed = timeline.missedReloads();
+  if (missed > 0) findings.push(`${missed} policy writes never reported loaded by a replica`);
+  const brokenWrites = faults['broken policy written'] ?? 0;
+  for (const r of world.replicas) {
+    const seen = reloadFailures.get(r.name) ?? 0;
+    if (brokenWrites > 0 && seen === 0) findings.push(`replica ${r.name} never reported refusing a broken policy`);
+  }
+
+  await doors.close();
+  // Keep-alive connections (ours, the sidecar's to the app and the IdP) time out within about 5 s.
+  await sleep(6_000);
+  const idleFds: Record<string, { before: number; after: number }> = {};
+  for (const r of world.replicas) idleFds[r.name] = { before: idleBefore.get(r.name) ?? Number.NaN, after: await openFds(r) };
+  await world.close();
+  await rm(dir, { recursive: true, force: true });
+
+  return {
+    seconds: (Date.now() - started) / 1000,
+    requests,
+    byDoor,
+    byKind,
+    verdicts,
+    wrongAllows: verdicts['wrong allow'] + verdicts['wrong identity'] + verdicts['wrong path'],
+    wrongDenialsOutsideFaults,
+    wrongDenialsInFaults,
+    wrongStatuses,
+    failures,
+    failuresOutsideFaults,
+    wrong,
+    faults,
+    findings,
+    samples,
+    idleFds,
+    shed,
+  };
+}
