@@ -7,6 +7,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { pino } from 'pino';
 import { createAdminDoor } from './admin/admin-server.js';
 import { createDecisionObserver } from './admin/decision-log.js';
+import { stdoutLogOutput, type LogOutput } from './admin/log-output.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
 import { watchFiles } from './authz/file-watch.js';
 import type { ReloadResult } from './authz/reloadable-authorizer.js';
@@ -21,13 +22,19 @@ import { setIdpFetch } from './authn/idp-fetch.js';
 /** Upstream keep-alive pool size; one sidecar fronts one local app. */
 export const UPSTREAM_CONNECTIONS = 128;
 
-export function createLogger(config: Config): FastifyBaseLogger {
-  return pino({
-    level: config.logging.level,
-    base: { service: 'authz-sidecar' },
-    // Belt and braces: nothing we log carries these, but a future log line must not leak them either.
-    redact: { paths: ['req.headers.authorization', 'req.headers.cookie', '*.token', '*.authorization'], censor: '[redacted]' },
-  });
+export { endStdoutLog } from './admin/log-output.js';
+
+/** A JSON logger writing to `output`: by default stdout, asynchronously and bounded (admin/log-output.ts). */
+export function createLogger(config: Config, output: LogOutput = stdoutLogOutput()): FastifyBaseLogger {
+  return pino(
+    {
+      level: config.logging.level,
+      base: { service: 'authz-sidecar' },
+      // Belt and braces: nothing we log carries these, but a future log line must not leak them either.
+      redact: { paths: ['req.headers.authorization', 'req.headers.cookie', '*.token', '*.authorization'], censor: '[redacted]' },
+    },
+    output.stream,
+  );
 }
 
 export interface RunningSidecar {
@@ -45,7 +52,8 @@ export interface RunningSidecar {
   reload(): Promise<ReloadResult>;
   /**
    * Graceful stop: readiness turns 503 at once, doors stop accepting, in-flight requests finish for up to
-   * `shutdown.drainSeconds`, then what is left is cut; the admin listener closes last.
+   * `shutdown.drainSeconds`, then what is left is cut; the admin listener closes last. Logs
+   * `authz-sidecar draining` as it begins and `authz-sidecar stopped` when done.
    */
   close(): Promise<void>;
 }
@@ -95,8 +103,10 @@ export async function startSidecar(
   config: Config,
   options: Omit<EngineBuildOptions, 'events' | 'stages'> & { logger?: FastifyBaseLogger; env?: NodeJS.ProcessEnv } = {},
 ): Promise<RunningSidecar> {
-  const logger = options.logger ?? createLogger(config);
   const metrics = createMetrics();
+  const output = options.logger === undefined ? stdoutLogOutput() : undefined;
+  const logger = options.logger ?? createLogger(config, output);
+  const stopCountingDrops = output?.onDrop(() => metrics.logLinesDropped.inc()) ?? ((): void => undefined);
   // Tracing (DESIGN.md §9): the SDK and the span helpers load only with OTEL_TRACES_EXPORTER=otlp.
   const tracingConfig = tracingFromEnv(options.env ?? process.env);
   let tracing: DoorTracing | undefined;
@@ -192,6 +202,7 @@ export async function startSidecar(
     await Promise.all(doors.map((d) => d.door.drain(deadline)));
     engine.close();
     await admin.close();
+    stopCountingDrops();
     await stopTracing();
   }
 
@@ -219,7 +230,11 @@ export async function startSidecar(
       extAuthz,
       metrics,
       reload,
-      close: () => stop(Date.now() + config.shutdown.drainSeconds * 1000),
+      async close() {
+        logger.info({ drainSeconds: config.shutdown.drainSeconds }, 'authz-sidecar draining');
+        await stop(Date.now() + config.shutdown.drainSeconds * 1000);
+        logger.info('authz-sidecar stopped');
+      },
     };
   } catch (err) {
     // A listener that failed to start (a port in use) must not leave the others holding the process open.

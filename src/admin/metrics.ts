@@ -20,6 +20,7 @@ export interface Metrics {
   readonly sessionRefreshes: Counter<'provider' | 'result'>;
   readonly logouts: Counter<'kind'>;
   readonly spansDropped: Counter;
+  readonly logLinesDropped: Counter;
   /** Reports authz_sidecar_session_store_up{store} from `status` at every scrape (with signIn only). */
   watchSessionStore(status: () => { readonly store: string; readonly up: boolean }): void;
   /** Sets authz_sidecar_policy_info{sha256} to 1 for the serving policy (and drops the old series). */
@@ -65,6 +66,11 @@ export function createMetrics(): Metrics {
     }),
     logouts: new Counter({ name: 'authz_sidecar_logout_total', help: 'Sessions ended by kind (user: sign-out | backchannel: the provider)', labelNames: ['kind'], registers: [registry] }),
     spansDropped: new Counter({ name: 'authz_sidecar_spans_dropped_total', help: 'Spans the OTLP exporter could not deliver (the collector down or refusing); requests are never affected', registers: [registry] }),
+    logLinesDropped: new Counter({
+      name: 'authz_sidecar_log_lines_dropped_total',
+      help: 'Log lines dropped because the reader of stdout fell behind by more than the 4 MiB buffer (a slow log collector); requests are never affected',
+      registers: [registry],
+    }),
     watchSessionStore(status) {
       new Gauge({
         name: 'authz_sidecar_session_store_up',

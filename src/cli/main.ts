@@ -22,12 +22,29 @@ exit codes: 0 success / allow, 1 a failing test case or a deny, 2 bad usage or b
 
 export { UsageError } from './usage-error.js';
 
-/** Waits for SIGTERM or SIGINT, then closes; a second signal exits at once. */
+/**
+ * Writes out the log lines still buffered for stdout, within LOG_EXIT_FLUSH_MS (admin/log-output.ts). Set by
+ * the commands that serve once they loaded the serving side: before that, nothing was logged.
+ */
+let endLogs = (): Promise<unknown> => Promise.resolve();
+let exiting = false;
+
+/**
+ * Exits with `code` once the buffered log lines are written out (bounded); called again meanwhile (a third
+ * signal), exits at once.
+ */
+function exitAfterLogs(code: number): void {
+  if (exiting) process.exit(code);
+  exiting = true;
+  void endLogs().finally(() => process.exit(code));
+}
+
+/** Waits for SIGTERM or SIGINT, then closes; a second signal exits at once (after writing out the logs). */
 export function closeOnSignal(close: () => Promise<void>): Promise<void> {
   return new Promise((resolve) => {
     let closing = false;
     const onSignal = (signal: NodeJS.Signals): void => {
-      if (closing) process.exit(signal === 'SIGINT' ? 130 : 143);
+      if (closing) return exitAfterLogs(signal === 'SIGINT' ? 130 : 143);
       closing = true;
       close().then(resolve, (err: unknown) => {
         console.error(`authz-sidecar: error while shutting down: ${(err as Error).message}`);
@@ -47,7 +64,8 @@ async function serve(args: string[]): Promise<number> {
   // Node ignores a signal it has no handler for, so a SIGTERM during a slow start (a large policy, a slow
   // volume) would otherwise wait for the SIGKILL at the end of the grace period. (A read stuck for good on a
   // dead mount holds one of libuv's threads, which the exit waits for: only that SIGKILL ends it.)
-  const duringStart = (signal: NodeJS.Signals): void => process.exit(signal === 'SIGINT' ? 130 : 143);
+  // What was logged until then is written out first (exitAfterLogs).
+  const duringStart = (signal: NodeJS.Signals): void => exitAfterLogs(signal === 'SIGINT' ? 130 : 143);
   process.on('SIGTERM', duringStart);
   process.on('SIGINT', duringStart);
   let running: RunningSidecar;
@@ -55,8 +73,13 @@ async function serve(args: string[]): Promise<number> {
     const config = await loadConfig(file);
     // The serving side (fastify, the doors) is loaded only by the commands that serve: `validate` and
     // `policy` never load it.
-    const { startSidecar } = await import('../sidecar.js');
+    const { startSidecar, endStdoutLog } = await import('../sidecar.js');
+    endLogs = endStdoutLog;
     running = await startSidecar(config, { file });
+  } catch (err) {
+    // A start that failed (a port in use) may have logged why before the error ends the process.
+    await endLogs();
+    throw err;
   } finally {
     process.off('SIGTERM', duringStart);
     process.off('SIGINT', duringStart);
@@ -66,14 +89,18 @@ async function serve(args: string[]): Promise<number> {
   process.on('SIGHUP', onHangup);
   await closeOnSignal(() => running.close());
   process.off('SIGHUP', onHangup);
+  // The 'authz-sidecar stopped' line and whatever a slow reader left buffered: bin/ exits right after.
+  await endLogs();
   return 0;
 }
 
 async function demo(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
-  const { runDemo } = await import('./demo.js');
+  const [{ runDemo }, { endStdoutLog }] = await Promise.all([import('./demo.js'), import('../sidecar.js')]);
+  endLogs = endStdoutLog;
   const stop = await runDemo(values.config);
   await closeOnSignal(stop);
+  await endLogs();
   return 0;
 }
 
