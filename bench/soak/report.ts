@@ -138,6 +138,10 @@ export function markdown(result: SoakResult, context: { commit: string; node: st
     }
     lines.push('');
   }
+  lines.push('Session refreshes (both replicas): ' + (Object.keys(result.refreshes).length === 0 ? 'none.' : Object.entries(result.refreshes).map(([k, v]) => `${k} ${v}`).join(', ') + '.'));
+  lines.push('');
+  lines.push('Error log lines of the replicas: ' + (Object.keys(result.errorLogs).length === 0 ? 'none.' : Object.entries(result.errorLogs).map(([k, v]) => `"${k}" ${v}`).join('; ') + '.'));
+  lines.push('');
   lines.push('## Findings');
   lines.push('');
   lines.push(result.findings.length === 0 ? 'None.' : result.findings.map((f) => `- ${f}`).join('\n'));

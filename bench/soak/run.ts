@@ -74,6 +74,10 @@ export interface SoakResult {
    * the load stopped and the clients closed their connections (plus the keep-alive timeouts).
    */
   readonly idleFds: Record<string, { readonly before: number; readonly after: number }>;
+  /** session refreshes by result (success, failure: the provider unreachable, ended) */
+  readonly refreshes: Record<string, number>;
+  /** the replicas' error log lines by message */
+  readonly errorLogs: Record<string, number>;
   /** requests the load generator did not send because too many were in flight */
   readonly shed: number;
 }
@@ -356,6 +360,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const timeline = new Timeline();
   const findings: string[] = [];
   const reloadFailures = new Map<string, number>();
+  const errorLogs: Record<string, number> = {};
 
   const world = await startWorld({
     dir,
@@ -363,7 +368,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     onLog: (replica, line) => {
       if (line['msg'] === 'policy reloaded') timeline.policyLoaded(replica.name);
       if (line['msg'] === 'policy reload failed; the last good policy keeps serving') reloadFailures.set(replica.name, (reloadFailures.get(replica.name) ?? 0) + 1);
-      if (typeof line['level'] === 'number' && line['level'] >= 50 && findings.length < 50) findings.push(`replica ${replica.name} logged error: ${String(line['msg'])}`);
+      if (typeof line['level'] === 'number' && line['level'] >= 50) {
+        const msg = String(line['msg']);
+        errorLogs[msg] = (errorLogs[msg] ?? 0) + 1;
+      }
     },
   });
   const doors = new Doors();
@@ -759,6 +767,18 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     if (brokenWrites > 0 && seen === 0) findings.push(`replica ${r.name} never reported refusing a broken policy`);
   }
 
+  // Session refreshes by result, summed over the replicas (replica B's count restarts with it).
+  const refreshes: Record<string, number> = {};
+  for (const r of world.replicas) {
+    try {
+      const res = await request(`http://127.0.0.1:${r.ports.admin}/metrics`);
+      for (const m of (await res.body.text()).matchAll(/^authz_sidecar_session_refresh_total\{[^}]*result="([a-z]+)"[^}]*\} (\d+)/gm)) {
+        refreshes[m[1] as string] = (refreshes[m[1] as string] ?? 0) + Number(m[2]);
+      }
+    } catch (err) {
+      findings.push(`metrics of replica ${r.name}: ${(err as Error).message}`);
+    }
+  }
   await doors.close();
   // Keep-alive connections (ours, the sidecar's to the app and the IdP) time out within about 5 s.
   await sleep(6_000);
@@ -784,6 +804,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     findings,
     samples,
     idleFds,
+    refreshes,
+    errorLogs,
     shed,
   };
 }

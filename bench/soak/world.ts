@@ -26,6 +26,9 @@ export const PREFIX = '/.authz';
 export const COOKIE = 'authz';
 /** Introspection answers are remembered this long: short, so the introspection endpoint keeps being asked. */
 export const INTROSPECTION_CACHE_SECONDS = 10;
+/** The sign-in provider's access and ID token lifetime; sessions refresh REFRESH_BEFORE_SECONDS before it ends. */
+export const SESSION_TOKEN_SECONDS = 75;
+export const REFRESH_BEFORE_SECONDS = 60;
 export const M2M_CLIENTS = [
   { clientId: 'm2m-reader', clientSecret: randomBytes(16).toString('hex'), roles: ['reader'] },
   { clientId: 'm2m-writer', clientSecret: randomBytes(16).toString('hex'), roles: ['writer'] },
@@ -102,12 +105,12 @@ export async function startWorld(options: WorldOptions): Promise<World> {
     cleanups.push(() => api.close());
     for (const kid of api.publishedKids) timeline.keyPublished(kid);
 
-    const clientSecret = randomBytes(16).toString('hex');
     const op = await startSignInProvider({
       users: USERS,
-      // Sessions outlive the run: no refresh happens in it (see docs for what the soak leaves out).
-      accessTokenTtlSeconds: 7_200,
-      clients: [{ clientId: 'orders-web', clientSecret, redirectUris: [`${callbackOrigin}${PREFIX}/callback`], postLogoutRedirectUris: [`${callbackOrigin}/`] }],
+      // Sessions refresh every minute or so, across both replicas (one refresh per session: the Redis lock),
+      // while the IdP and Redis fail; oidc-provider's refresh tokens are single use for this public client.
+      accessTokenTtlSeconds: SESSION_TOKEN_SECONDS,
+      clients: [{ clientId: 'orders-web', redirectUris: [`${callbackOrigin}${PREFIX}/callback`], postLogoutRedirectUris: [`${callbackOrigin}/`] }],
     });
     cleanups.push(() => op.close());
 
@@ -117,12 +120,10 @@ export async function startWorld(options: WorldOptions): Promise<World> {
     const files = {
       model: join(dir, 'model.conf'),
       introspectionSecret: join(dir, 'introspection-secret'),
-      clientSecret: join(dir, 'client-secret'),
       cookieSecret: join(dir, 'cookie-secret'),
     };
     await writeFile(files.model, MODEL);
     await writeFile(files.introspectionSecret, introspector.clientSecret);
-    await writeFile(files.clientSecret, clientSecret);
     await writeFile(files.cookieSecret, randomBytes(48).toString('base64'));
     const policy = new ConfigMapDir(join(dir, 'policy'));
     await policy.init((POLICY_VERSIONS[0] as (typeof POLICY_VERSIONS)[number]).csv);
@@ -186,10 +187,10 @@ export async function startWorld(options: WorldOptions): Promise<World> {
         signIn: {
           callbackUrl: `${callbackOrigin}${PREFIX}/callback`,
           prefix: PREFIX,
-          providers: [{ name: 'corp', issuer: op.issuer, clientId: 'orders-web', clientSecretFile: files.clientSecret, scopes: ['openid', 'profile', 'email', 'roles'] }],
+          providers: [{ name: 'corp', issuer: op.issuer, clientId: 'orders-web', scopes: ['openid', 'profile', 'email', 'roles'] }],
           cookie: { name: COOKIE, secretFiles: [files.cookieSecret], secure: false },
           allowedRedirectHosts: names.map((n) => `127.0.0.1:${replicaPorts.get(n)?.proxy ?? 0}`),
-          session: { store: 'redis', redis: { url: redis.url } },
+          session: { store: 'redis', redis: { url: redis.url }, refreshBeforeSeconds: REFRESH_BEFORE_SECONDS },
         },
       };
     };
