@@ -19,6 +19,10 @@ if (!(seconds >= 30) || !(rate > 0)) {
 }
 const out = process.env['SOAK_OUT'] ?? join(ROOT, 'bench/results/soak.md');
 
+// Stopped early: the 'exit' handlers of the parts kill every process the soak started.
+process.once('SIGINT', () => process.exit(130));
+process.once('SIGTERM', () => process.exit(143));
+
 const result = await runSoak({ seconds, rate, log: (line) => process.stdout.write(`${line}\n`) });
 let commit = 'unknown';
 try {

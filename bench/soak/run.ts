@@ -6,6 +6,7 @@
  * run in test/integration/soak.test.ts asserts on them.
  */
 import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -357,6 +358,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const rate = options.rate ?? 300;
   const log = options.log ?? ((): void => undefined);
   const dir = await mkdtemp(join(tmpdir(), 'authz-soak-'));
+  // Stopped early (Ctrl-C): the folder with its secrets goes too.
+  const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
+  process.once('exit', removeDir);
   const timeline = new Timeline();
   const findings: string[] = [];
   const reloadFailures = new Map<string, number>();
@@ -786,6 +790,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   for (const r of world.replicas) idleFds[r.name] = { before: idleBefore.get(r.name) ?? Number.NaN, after: await openFds(r) };
   await world.close();
   await rm(dir, { recursive: true, force: true });
+  process.off('exit', removeDir);
 
   return {
     seconds: (Date.now() - started) / 1000,

@@ -133,6 +133,9 @@ export async function startWorld(options: WorldOptions): Promise<World> {
     const startApp = async (): Promise<void> => {
       const child = spawn(process.execPath, [join(ROOT, 'bench/soak/app.mjs'), String(appPort), COOKIE], { stdio: ['ignore', 'pipe', 'inherit'] });
       app = child;
+      const killOnExit = (): void => void child.kill('SIGKILL');
+      process.once('exit', killOnExit);
+      child.once('exit', () => process.off('exit', killOnExit));
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('the soak app did not start')), 10_000);
         child.stdout?.once('data', () => {

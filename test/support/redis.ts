@@ -25,6 +25,12 @@ export interface TestRedis {
   close(): Promise<void>;
 }
 
+/** Every redis-server still running when this process exits (a soak stopped with Ctrl-C) is killed with it. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 export async function startRedis(options: { password?: string } = {}): Promise<TestRedis> {
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), 'authz-redis-'));
@@ -34,6 +40,8 @@ export async function startRedis(options: { password?: string } = {}): Promise<T
     const args = ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir, ...(options.password === undefined ? [] : ['--requirepass', options.password])];
     const proc = spawn(REDIS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child = proc;
+    running.add(proc);
+    proc.once('exit', () => running.delete(proc));
     await new Promise<void>((resolve, reject) => {
       let out = '';
       const timer = setTimeout(() => reject(new Error(`redis-server did not start: ${out}`)), 10_000);
