@@ -15,6 +15,11 @@ export interface MemorySummary {
   readonly heapEnd: number;
   readonly loopP99Max: number;
   readonly loopP99Median: number;
+  /** the largest single event-loop delay seen */
+  readonly loopMax: number;
+  readonly healthzP50: number;
+  readonly healthzP99: number;
+  readonly healthzMax: number;
   readonly fdsStart: number;
   readonly fdsEnd: number;
   readonly fdsMax: number;
@@ -35,9 +40,9 @@ function slope(points: ReadonlyArray<readonly [number, number]>): number {
   return den === 0 ? 0 : num / den;
 }
 
-function median(values: number[]): number {
+function quantile(values: number[], q: number): number {
   const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
-  return sorted.length === 0 ? Number.NaN : (sorted[Math.floor(sorted.length / 2)] as number);
+  return sorted.length === 0 ? Number.NaN : (sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] as number);
 }
 
 /**
@@ -62,7 +67,11 @@ export function memory(samples: readonly Sample[]): MemorySummary[] {
       heapStart: first.heapMiB,
       heapEnd: end.heapMiB,
       loopP99Max: Math.max(...run.map((s) => s.loopP99Ms).filter(Number.isFinite)),
-      loopP99Median: median(run.map((s) => s.loopP99Ms)),
+      loopP99Median: quantile(run.map((s) => s.loopP99Ms), 0.5),
+      loopMax: Math.max(...run.map((s) => s.loopMaxMs).filter(Number.isFinite)),
+      healthzP50: quantile(run.map((s) => s.healthzMs), 0.5),
+      healthzP99: quantile(run.map((s) => s.healthzMs), 0.99),
+      healthzMax: Math.max(...run.map((s) => s.healthzMs)),
       fdsStart: first.fds,
       fdsEnd: end.fds,
       fdsMax: Math.max(...run.map((s) => s.fds)),
@@ -117,12 +126,20 @@ export function markdown(result: SoakResult, context: { commit: string; node: st
   lines.push('');
   lines.push('## Memory, event loop, file descriptors (sampled every second)');
   lines.push('');
-  lines.push(`| replica | RSS start / peak / end (MiB) | RSS slope after ${WARM_UP_SECONDS} s (MiB/h) | heap start / end (MiB) | event-loop delay p99, median / max (ms) | fds start / end / max |`);
-  lines.push('|---|---|---:|---|---|---|');
+  lines.push(`| replica | RSS start / peak / end (MiB) | RSS slope after ${WARM_UP_SECONDS} s (MiB/h) | heap start / end (MiB) | event-loop delay p99 per second, median / max; longest delay (ms) | GET /healthz p50 / p99 / max (ms) | fds start / end / max |`);
+  lines.push('|---|---|---:|---|---|---|---|');
   for (const m of memory(result.samples)) {
     const note = m.incarnations > 1 ? ` (its last start of ${m.incarnations})` : '';
-    lines.push(`| ${m.replica}${note} | ${f1(m.rssStart)} / ${f1(m.rssPeak)} / ${f1(m.rssEnd)} | ${f1(m.rssSlopePerHour)} | ${f1(m.heapStart)} / ${f1(m.heapEnd)} | ${f1(m.loopP99Median)} / ${f1(m.loopP99Max)} | ${m.fdsStart} / ${m.fdsEnd} / ${m.fdsMax} |`);
+    lines.push(`| ${m.replica}${note} | ${f1(m.rssStart)} / ${f1(m.rssPeak)} / ${f1(m.rssEnd)} | ${f1(m.rssSlopePerHour)} | ${f1(m.heapStart)} / ${f1(m.heapEnd)} | ${f1(m.loopP99Median)} / ${f1(m.loopP99Max)}; ${f1(m.loopMax)} | ${f1(m.healthzP50)} / ${f1(m.healthzP99)} / ${f1(m.healthzMax)} | ${m.fdsStart} / ${m.fdsEnd} / ${m.fdsMax} |`);
   }
+  lines.push('');
+  const longest = [...result.samples].sort((a, b) => b.loopMaxMs - a.loopMaxMs).slice(0, 5);
+  const before = (t: number): string => {
+    const e = result.events.filter((x) => x.at <= t).at(-1);
+    return e === undefined ? 'none yet' : `${e.name} ${Math.round((t - e.at) / 1000)} s before`;
+  };
+  lines.push('Longest event-loop delays (replica, second of the run, delay, the last fault before it): ' +
+    longest.map((s) => `${s.replica} +${Math.round((s.t - result.started) / 1000)} s ${f1(s.loopMaxMs)} ms (${before(s.t)})`).join('; ') + '.');
   lines.push('');
   lines.push('Open file descriptors when idle (before the load, after it and its keep-alive timeouts): ' +
     Object.entries(result.idleFds).map(([r, f]) => `${r} ${f.before} → ${f.after}`).join(', ') + '. Replica B counts from its last start.');

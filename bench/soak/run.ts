@@ -34,7 +34,11 @@ export interface Sample {
   readonly start: number;
   readonly rssMiB: number;
   readonly heapMiB: number;
+  /** p99 and max of the event-loop delay over the second before (prom-client's histogram, reset at each scrape) */
   readonly loopP99Ms: number;
+  readonly loopMaxMs: number;
+  /** how long GET /healthz took */
+  readonly healthzMs: number;
   readonly fds: number;
 }
 
@@ -79,6 +83,10 @@ export interface SoakResult {
   readonly refreshes: Record<string, number>;
   /** the replicas' error log lines by message */
   readonly errorLogs: Record<string, number>;
+  /** the faults and key changes, when they began */
+  readonly events: ReadonlyArray<{ readonly at: number; readonly name: string }>;
+  /** Date.now() when the load began */
+  readonly started: number;
   /** requests the load generator did not send because too many were in flight */
   readonly shed: number;
 }
@@ -548,6 +556,11 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         const status = await readFile(`/proc/${pid}/status`, 'utf8');
         const rss = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) / 1024;
         const fds = (await readdir(`/proc/${pid}/fd`)).length;
+        // What a kubelet's liveness probe sees.
+        const probeStart = performance.now();
+        const health = await request(`http://127.0.0.1:${r.ports.admin}/healthz`, { headersTimeout: 5_000, bodyTimeout: 5_000 });
+        await health.body.dump();
+        const healthzMs = performance.now() - probeStart;
         const res = await request(`http://127.0.0.1:${r.ports.admin}/metrics`, { headersTimeout: 2_000, bodyTimeout: 2_000 });
         const text = await res.body.text();
         const metric = (name: string): number => Number(new RegExp(`^${name} ([0-9.e+-]+)`, 'm').exec(text)?.[1] ?? NaN);
@@ -558,6 +571,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
           rssMiB: rss,
           heapMiB: metric('nodejs_heap_size_used_bytes') / 1048576,
           loopP99Ms: metric('nodejs_eventloop_lag_p99_seconds') * 1000,
+          loopMaxMs: metric('nodejs_eventloop_lag_max_seconds') * 1000,
+          healthzMs,
           fds,
         });
       } catch {
@@ -568,6 +583,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
 
   /* faults */
   const faults: Record<string, number> = {};
+  const events: Array<{ at: number; name: string }> = [];
   const count = (name: string): void => void (faults[name] = (faults[name] ?? 0) + 1);
   let policyIndex = 0;
   let closing = false;
@@ -661,15 +677,18 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     await world.api.rotateKeys();
     const kid = world.api.currentKid;
     timeline.keyPublished(kid);
+    events.push({ at: Date.now(), name: 'new key published' });
     await sleep(35_000);
     if (closing) return;
     const oldTokens = tokens.valid;
     tokens.signingKid = kid;
+    events.push({ at: Date.now(), name: 'new key in use' });
     await tokens.refill();
     await sleep(3_000);
     if (closing) return;
     await world.api.removeKey(old);
     timeline.keyRemoved(old);
+    events.push({ at: Date.now(), name: 'old key removed' });
     tokens.withdrawn = [...tokens.withdrawn.filter((m) => world.api.publishedKids.includes(m.kid) === false).slice(-40), ...oldTokens];
     count('JWKS rotation (new key, old key removed)');
   };
@@ -754,6 +773,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     while (Date.now() + gapMs < deadline) {
       const [name, step] = steps[i++ % steps.length] as [string, () => Promise<void>];
       const at = Date.now();
+      events.push({ at, name });
       log(`soak: +${Math.round((at - started) / 1000)} s ${name}`);
       await step().catch((err: unknown) => void findings.push(`fault ${name} failed: ${(err as Error).message}`));
       await sleep(Math.max(0, gapMs - (Date.now() - at)));
@@ -811,6 +831,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     idleFds,
     refreshes,
     errorLogs,
+    events,
+    started,
     shed,
   };
 }

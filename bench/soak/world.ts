@@ -9,6 +9,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { ROOT } from '../../test/support/cli.js';
 import { startTestProvider, type TestProvider } from '../../test/support/oidc-provider.js';
@@ -16,7 +17,6 @@ import { startRedis, type TestRedis } from '../../test/support/redis.js';
 import { startServe, writeConfig, type ServeProcess } from '../../test/support/serve.js';
 import { USERS } from '../../test/support/signin-env.js';
 import { startSignInProvider, type SignInProvider } from '../../test/support/signin-provider.js';
-import { freePort } from '../../test/support/upstream.js';
 import type { Timeline } from './oracle.js';
 import { ConfigMapDir, MODEL, POLICY_VERSIONS } from './policy.js';
 
@@ -75,8 +75,32 @@ export interface WorldOptions {
   readonly onLog: (replica: Replica, line: Record<string, unknown>) => void;
 }
 
+/**
+ * A free loopback port below the kernel's ephemeral range (32768-60999 by default): a replica or the app that
+ * restarts comes back on its port, which an outgoing connection could otherwise have taken meanwhile.
+ */
+async function stablePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const server = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => resolve(true));
+    });
+    if (ok) {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (!taken.has(port)) {
+        taken.add(port);
+        return port;
+      }
+    }
+  }
+  throw new Error('no free loopback port in 20000-31999');
+}
+const taken = new Set<number>();
+
 async function ports(): Promise<ReplicaPorts> {
-  return { proxy: await freePort(), admin: await freePort(), http: await freePort(), grpc: await freePort(), forward: await freePort() };
+  return { proxy: await stablePort(), admin: await stablePort(), http: await stablePort(), grpc: await stablePort(), forward: await stablePort() };
 }
 
 export async function startWorld(options: WorldOptions): Promise<World> {
@@ -128,7 +152,7 @@ export async function startWorld(options: WorldOptions): Promise<World> {
     const policy = new ConfigMapDir(join(dir, 'policy'));
     await policy.init((POLICY_VERSIONS[0] as (typeof POLICY_VERSIONS)[number]).csv);
 
-    const appPort = await freePort();
+    const appPort = await stablePort();
     let app: ChildProcess | undefined;
     const startApp = async (): Promise<void> => {
       const child = spawn(process.execPath, [join(ROOT, 'bench/soak/app.mjs'), String(appPort), COOKIE], { stdio: ['ignore', 'pipe', 'inherit'] });
