@@ -131,6 +131,7 @@ export async function startSidecar(
         metrics.jwksFetches.inc({ issuer, result });
         if (result === 'error') logger.warn({ issuer, error: error?.message }, 'JWKS fetch failed; the last good keys keep serving');
       },
+      keysRemoved: (issuer, removed) => logger.info({ issuer, removed }, 'JWKS keys removed by the issuer; its cached tokens are verified again'),
       cache: (cache, hit) => (hit ? metrics.cacheHits : metrics.cacheMisses).inc({ cache }),
       decisionCache: (hit) => (hit ? metrics.cacheHits : metrics.cacheMisses).inc({ cache: 'decision' }),
       idpFailed: (what, issuer, error) => logger.warn({ issuer, error: error?.message }, `${what} failed; retrying`),

@@ -129,6 +129,8 @@ export function createLogOutput(options: LogOutputOptions = {}): LogOutput {
           return;
         }
         const timer = setTimeout(() => {
+          // A write still waiting for a stuck reader stops retrying too (its retry timer would hold the process).
+          giveUpAt = Date.now();
           close();
           resolve(false);
         }, timeoutMs);

@@ -208,8 +208,9 @@ export function createRemoteKeySource(url: URL, options: RemoteKeySourceOptions 
           lastError = undefined;
           failures = 0;
           lastSuccess = now();
-          options.onFetch?.('success');
+          // Invalidation first, in the same tick as the swap: a throwing metrics or log callback must not skip it.
           if (removed.length > 0) options.onKeysRemoved?.(removed);
+          options.onFetch?.('success');
           return 'success';
         },
         (err: unknown): FetchResult => {

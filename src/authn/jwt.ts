@@ -66,6 +66,8 @@ export interface JwtIssuerOptions {
 /** What happens to remote keys, for logs and metrics. */
 export interface KeyEvents {
   keysFetched?(issuer: string, result: FetchResult, error?: Error): void;
+  /** A fetched key set no longer holds `count` keys of the previous one: that issuer's cached tokens are verified again. */
+  keysRemoved?(issuer: string, count: number): void;
   discovered?(issuer: string, result: FetchResult, error?: Error): void;
   cache?(hit: boolean): void;
 }
@@ -198,9 +200,10 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
       ...options.jwks,
       now: nowMs,
       onFetch: (result, error) => events.keysFetched?.(o.issuer, result, error),
-      onKeysRemoved: () => {
+      onKeysRemoved: (removed) => {
         const state = byIssuer.get(o.issuer);
         if (state !== undefined) state.keyGeneration++;
+        events.keysRemoved?.(o.issuer, removed.length);
       },
     };
     let remote: KeySource | undefined;
@@ -295,6 +298,8 @@ export function createJwtAuthenticator(issuers: readonly JwtIssuerOptions[], opt
         if (state === undefined || state.remote !== undefined) continue;
         if ('secret' in config) state.key = config.secret;
         else if ('jwks' in config) state.key = createLocalJWKSet(config.jwks);
+        // A verification that began with the old keys and ends after this must not cache its result.
+        state.keyGeneration++;
       }
       cache.clear();
     },

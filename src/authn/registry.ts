@@ -15,6 +15,7 @@ import { checkJwks, createJwtAuthenticator, type JwtAuthenticatorOptions, type J
 /** Where authenticators report what operations want to see; every member optional. */
 export interface AuthnEventSink {
   keysFetched?(issuer: string, result: 'success' | 'error', error?: Error): void;
+  keysRemoved?(issuer: string, count: number): void;
   cache?(cache: 'jwt' | 'introspection', hit: boolean): void;
   /** Discovery, introspection or another IdP call failed (logged as a warning). */
   idpFailed?(what: string, issuer: string, error: Error | undefined): void;
@@ -121,6 +122,7 @@ const jwtEntry: RegistryEntry = {
         ...(context.jwks ? { jwks: context.jwks } : {}),
         events: {
           keysFetched: (issuer, result, error) => context.events.keysFetched?.(issuer, result, error),
+          keysRemoved: (issuer, count) => context.events.keysRemoved?.(issuer, count),
           cache: (hit) => context.events.cache?.('jwt', hit),
           discovered: (issuer, result, error) => {
             if (result === 'error') context.events.idpFailed?.('OIDC discovery', issuer, error);

@@ -589,6 +589,7 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
     /** Cache hit (true) or miss (false) per authenticate that reached a known issuer. */
     readonly hits: boolean[];
     readonly fetched: string[];
+    readonly removed: string[];
     /** Signs claims for the remote issuer, valid for an hour of the injected clock. */
     token(key: TestKey, claims?: Record<string, unknown>): Promise<string>;
   }
@@ -598,6 +599,7 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
     const clockState = { ms: NOW.getTime() };
     const hits: boolean[] = [];
     const fetched: string[] = [];
+    const removed: string[] = [];
     const a = authenticator(
       [
         { issuer: idp.origin, audiences: [AUDIENCE], keys: via === 'jwksUri' ? { jwksUri: `${idp.origin}/certs` } : { discovery: true } },
@@ -607,7 +609,11 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
         now: () => new Date(clockState.ms),
         jwks,
         discoveredKeySource: createDiscoveredKeySource,
-        events: { cache: (hit) => hits.push(hit), keysFetched: (_issuer, result) => fetched.push(result) },
+        events: {
+          cache: (hit) => hits.push(hit),
+          keysFetched: (_issuer, result) => fetched.push(result),
+          keysRemoved: (issuer, count) => removed.push(`${issuer === idp.origin ? 'idp' : issuer} ${count}`),
+        },
       },
     );
     await waitUntil(() => a.missing().length === 0, 'the remote keys');
@@ -617,6 +623,7 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
       clock: clockState,
       hits,
       fetched,
+      removed,
       token: (key, claims = {}) => sign(key, baseClaims({ iss: idp.origin, exp: NOW_S + 3_600, ...claims })),
     };
   }
@@ -662,6 +669,8 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
     r.clock.ms += COOLDOWN_MS + 1;
     expect(verdict(await r.a.authenticate(await r.token(EC)))).toBe('ok');
     expect(idp.jwksCalls).toBe(2);
+    // Reported once (the sidecar logs it), for that issuer and the one key it dropped.
+    expect(r.removed).toEqual(['idp 1']);
 
     r.hits.length = 0;
     expect(verdict(await r.a.authenticate(old))).toBe('TOKEN_INVALID');
@@ -733,5 +742,18 @@ describe.each(['jwksUri', 'discovery'] as const)('createJwtAuthenticator: remote
     r.hits.length = 0;
     expect(verdict(await r.a.authenticate(old))).toBe('ok');
     expect(r.hits).toEqual([true]);
+  });
+});
+
+describe('mounted key files replaced while a verification is in flight', () => {
+  it('a token verified with the old keys while they were replaced is not cached: the next request is checked against the new keys', async () => {
+    const a = createJwtAuthenticator([issuer({ keys: { jwks: { keys: [RSA.jwk] } } })], clock);
+    open.push(a);
+    const token = await sign(RSA, baseClaims());
+    // Started with the old keys (the signature check is asynchronous), finished after the swap.
+    const inFlight = a.authenticate(token);
+    a.replaceLocalKeys(new Map([[ISSUER, { jwks: { keys: [EC.jwk] } }]]));
+    expect(verdict(await inFlight)).toBe('ok');
+    expect(verdict(await a.authenticate(token))).toBe('TOKEN_INVALID');
   });
 });
