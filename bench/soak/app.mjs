@@ -8,7 +8,8 @@ const server = createServer((req, res) => {
   req.resume();
   req.on('end', () => {
     const identity = {};
-    for (const [name, value] of Object.entries(req.headers)) if (name.startsWith('x-auth-')) identity[name] = value;
+    // Every spelling of the identity prefix: x-auth-, x_auth_, X-Auth_ ... (Node lower-cases the names).
+    for (const [name, value] of Object.entries(req.headers)) if (/^x[-_]auth[-_]/.test(name)) identity[name] = value;
     const cookie = req.headers.cookie ?? '';
     const leaked = cookie.split(';').some((c) => c.trim().startsWith(`${cookieName}=`) || c.trim().startsWith(`${cookieName}.`));
     const body = JSON.stringify({ method: req.method, path: req.url, identity, sidecarCookie: leaked, authorization: req.headers.authorization !== undefined });

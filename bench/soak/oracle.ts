@@ -24,12 +24,21 @@ export type Answer =
   | {
       readonly kind: 'answer';
       readonly status: number;
+      /** what the client (or Envoy, nginx, Traefik) would do: forward the request */
       readonly allow: boolean;
-      /** identity headers as the app (proxy) or the check's headers-to-set carry them */
-      readonly subject?: string | undefined;
-      readonly roles?: string | undefined;
+      /**
+       * identity headers (any spelling of the `x-auth-` prefix, lower case) as the app received them (proxy) or
+       * as the check's answer sets them
+       */
+      readonly identity?: Readonly<Record<string, string>>;
+      /** check doors: header names the answer has removed upstream (lower case) */
+      readonly removed?: readonly string[];
+      /** proxy: what reached the app that must not: the sidecar's cookie, the token */
+      readonly leaked?: readonly string[];
       /** proxy only: the path the app received */
       readonly upstreamPath?: string | undefined;
+      /** gRPC: the status code does not go with the HTTP status (16 with 401, 7 with 403, 14 with 503, 3 with 400) */
+      readonly codeMismatch?: boolean;
     }
   | { readonly kind: 'failure'; readonly failure: 'reset' | 'refused' | 'no answer' | 'other'; readonly detail: string };
 
@@ -49,7 +58,9 @@ export interface Session {
   readonly subject: string;
   readonly roles: readonly string[];
   readonly createdAt: number;
-  /** set when signed out or when the store lost it */
+  /** when its end began: the sign-out request was sent, or the store was killed */
+  endingAt: number;
+  /** when its end was done: the sign-out answered, or the store was killed */
   endedAt: number;
 }
 
@@ -67,9 +78,14 @@ export interface Probe {
   /** the canonical path, or undefined when the path must be refused (400) */
   readonly canonical: string | undefined;
   readonly credential: Credential;
-  /** carries identity headers of its own */
-  readonly spoofed: boolean;
+  /** identity header names it carries of its own (lower case), to be overwritten or removed */
+  readonly spoofed: readonly string[];
+  /** carries a bearer token (which must not reach the app: forwardToken is off) */
+  readonly bearer: boolean;
 }
+
+/** The identity headers the soak's config sets: headers.subject, issuer, roles, scopes. */
+const IDENTITY_HEADERS = new Set(['x-auth-subject', 'x-auth-issuer', 'x-auth-roles', 'x-auth-scopes']);
 
 export type Verdict =
   | 'right'
@@ -185,17 +201,39 @@ export class Timeline {
    */
   #keyMayBeUnavailable(replica: string, kid: string, t0: number, t1: number): boolean {
     const published = this.#keys.get(kid)?.publishedAt ?? -Infinity;
+    // A key the replica fetched before the request began verifies without the IdP: never a 503.
+    if (published > -Infinity && this.#fetchedBetween(replica, published, t0 - SETTLE_MS)) return false;
     return this.windows.some((w) => w.kind === 'idp' && w.start <= t1 && w.end >= published && !this.#fetchedBetween(replica, Math.max(w.end, published), t0 - SETTLE_MS));
   }
 
+  /**
+   * Removals of a key that some replica did not follow with a fetch within `withinMs` (unknown kids keep
+   * arriving in the load, so each replica refetches at least once per cooldown, or backoff during an
+   * outage): a sidecar that stopped refetching would keep a withdrawn key for ever.
+   */
+  lateFetches(replicas: readonly string[], withinMs: number, now = Date.now()): string[] {
+    const out: string[] = [];
+    for (const [kid, k] of this.#keys) {
+      if (k.removedAt === Infinity || now - k.removedAt < withinMs) continue;
+      for (const r of replicas) {
+        if (!this.#fetchedBetween(r, k.removedAt, k.removedAt + withinMs)) out.push(`replica ${r} fetched no key set within ${withinMs / 1000} s after key ${kid.slice(0, 8)} was removed`);
+      }
+    }
+    return out;
+  }
+
   /** The answers `probe`, sent at t0 and answered at t1, may get. */
-  expect(probe: Probe, t0: number, t1: number): { allow: boolean; denials: Set<number>; permitted: Set<number>; subject?: string; roles?: readonly string[]; certain: boolean } {
+  expect(
+    probe: Probe,
+    t0: number,
+    t1: number,
+  ): { allow: boolean; denials: Set<number>; permitted: Set<number>; subject?: string; roles?: readonly string[]; certain: boolean; strictWithdrawn: boolean } {
     const denials = new Set<number>();
     const permitted = new Set<number>();
     // Forward-auth cannot take a client's identity headers off the request its proxy forwards: it refuses them.
-    if (probe.canonical === undefined || (probe.door === 'forward' && probe.spoofed)) {
+    if (probe.canonical === undefined || (probe.door === 'forward' && probe.spoofed.length > 0)) {
       denials.add(400);
-      return { allow: false, denials, permitted, certain: false };
+      return { allow: false, denials, permitted, certain: false, strictWithdrawn: false };
     }
     const path = probe.canonical;
     const versions = this.versions(probe.replica, t0, t1);
@@ -208,6 +246,7 @@ export class Timeline {
     let subject: string | undefined;
     let roles: readonly string[] | undefined;
     let certain = false;
+    let strictWithdrawn = false;
     const decideFor = (s: string | undefined, r: readonly string[], denyStatus: number): void => {
       const p = policy(s, r);
       allow = p.allow;
@@ -223,6 +262,8 @@ export class Timeline {
       case 'jwt': {
         const held = this.#mayHoldKey(probe.replica, c.kid, t0);
         const published = held && (this.#keys.get(c.kid)?.removedAt ?? -Infinity) === Infinity;
+        // A withdrawn key the replica has certainly dropped: only 401 is right.
+        strictWithdrawn = c.valid && !held && this.#keys.has(c.kid);
         if (c.valid && held) decideFor(c.subject, c.roles, 403);
         if (!c.valid || !published) {
           // an invalid token, or a withdrawn key the replica may already have dropped
@@ -246,8 +287,8 @@ export class Timeline {
         break;
       case 'session': {
         const s = c.session;
-        const ended = s.endedAt + SETTLE_MS < t0;
-        const maybeEnded = s.endedAt <= t1;
+        const ended = s.endedAt < t0;
+        const maybeEnded = s.endingAt <= t1;
         if (!ended) decideFor(s.subject, s.roles, 403);
         if (maybeEnded) {
           denials.add(401);
@@ -265,7 +306,7 @@ export class Timeline {
       permitted.add(504);
       certain = false;
     }
-    return { allow, denials, permitted, ...(subject === undefined ? {} : { subject }), ...(roles === undefined ? {} : { roles }), certain };
+    return { allow, denials, permitted, ...(subject === undefined ? {} : { subject }), ...(roles === undefined ? {} : { roles }), certain, strictWithdrawn };
   }
 
   /** Was any fault window open during [t0, t1]? */
@@ -276,18 +317,44 @@ export class Timeline {
   judge(probe: Probe, answer: Answer, t0: number, t1: number): Verdict {
     if (answer.kind === 'failure') return 'failure';
     const e = this.expect(probe, t0, t1);
-    if (answer.allow) {
+    // The proxy answers 502/504 only after it decided to forward: an allow.
+    const forwarded = answer.allow || (probe.door === 'proxy' && (answer.status === 502 || answer.status === 504));
+    if (forwarded) {
       if (!e.allow) return 'wrong allow';
-      if (e.subject !== undefined && answer.subject !== e.subject) return 'wrong identity';
-      if (e.subject === undefined && answer.subject !== undefined) return 'wrong identity';
-      if (e.roles !== undefined && e.subject !== undefined && (answer.roles ?? '') !== e.roles.join(',')) return 'wrong identity';
+      if (!answer.allow) return e.permitted.has(answer.status) ? 'permitted' : 'failure';
+      if (this.#wrongIdentity(probe, answer, e)) return 'wrong identity';
       if (probe.door === 'proxy' && answer.upstreamPath !== probe.canonical) return 'wrong path';
       return 'right';
     }
+    if (answer.codeMismatch === true) return 'wrong status';
     if (answer.status === 500) return 'failure';
     if (e.denials.has(answer.status)) return 'right';
     if (e.permitted.has(answer.status)) return 'permitted';
     if (e.allow && (answer.status === 401 || answer.status === 403 || answer.status === 400)) return 'wrong denial';
     return 'wrong status';
+  }
+
+  /**
+   * The identity an allow carries: exactly the expected subject and roles (nothing for an anonymous allow),
+   * no header of the prefix that the sidecar does not set, nothing that leaked to the app; and on the check
+   * doors, every identity header the client sent (and its token) overwritten or removed upstream.
+   */
+  #wrongIdentity(probe: Probe, answer: Extract<Answer, { kind: 'answer' }>, e: { subject?: string; roles?: readonly string[] }): boolean {
+    const identity = answer.identity ?? {};
+    if ((answer.leaked ?? []).length > 0) return true;
+    const names = Object.keys(identity);
+    if (e.subject === undefined) {
+      if (names.length > 0) return true;
+    } else {
+      if (identity['x-auth-subject'] !== e.subject) return true;
+      if ((identity['x-auth-roles'] ?? '') !== (e.roles ?? []).join(',')) return true;
+      if (names.some((n) => !IDENTITY_HEADERS.has(n))) return true;
+    }
+    if (probe.door === 'http' || probe.door === 'grpc') {
+      const removed = new Set(answer.removed ?? []);
+      if (probe.spoofed.some((n) => identity[n] === undefined && !removed.has(n))) return true;
+      if (probe.bearer && !removed.has('authorization')) return true;
+    }
+    return false;
   }
 }

@@ -65,6 +65,8 @@ export interface World {
   killApp(): Promise<void>;
   startApp(): Promise<void>;
   restartReplica(replica: Replica): Promise<{ exitCode: number | null }>;
+  /** after close(): each replica's exit code after its final SIGTERM, or why it did not stop */
+  finalExits(): ReadonlyMap<string, number | null | string>;
   close(): Promise<void>;
 }
 
@@ -106,6 +108,7 @@ async function ports(): Promise<ReplicaPorts> {
 export async function startWorld(options: WorldOptions): Promise<World> {
   const { dir, timeline } = options;
   const cleanups: Array<() => Promise<unknown>> = [];
+  const finalExits = new Map<string, number | null | string>();
   const close = async (): Promise<void> => {
     for (const c of cleanups.reverse()) await c().catch(() => undefined);
   };
@@ -234,11 +237,13 @@ export async function startWorld(options: WorldOptions): Promise<World> {
         rest = lines.pop() ?? '';
         for (const line of lines) {
           if (!line.startsWith('{')) continue;
+          let parsed: Record<string, unknown>;
           try {
-            options.onLog(replica, JSON.parse(line) as Record<string, unknown>);
+            parsed = JSON.parse(line) as Record<string, unknown>;
           } catch {
-            // not a log line
+            continue; // not a log line
           }
+          options.onLog(replica, parsed);
         }
       });
     };
@@ -250,7 +255,16 @@ export async function startWorld(options: WorldOptions): Promise<World> {
       follow(replica);
       replicas.push(replica);
     }
-    cleanups.push(() => Promise.all(replicas.map((r) => r.process.stop('SIGTERM', 30_000).catch(() => undefined))));
+    cleanups.push(() =>
+      Promise.all(
+        replicas.map((r) =>
+          r.process.stop('SIGTERM', 30_000).then(
+            (code) => void finalExits.set(r.name, code),
+            (err: unknown) => void finalExits.set(r.name, `did not stop: ${(err as Error).message.slice(0, 200)}`),
+          ),
+        ),
+      ),
+    );
 
     return {
       api,
@@ -261,6 +275,7 @@ export async function startWorld(options: WorldOptions): Promise<World> {
       appPort,
       callbackOrigin,
       appPid: () => app?.pid,
+      finalExits: () => finalExits,
       killApp,
       startApp,
       async restartReplica(replica) {
