@@ -23,13 +23,15 @@ const out = process.env['SOAK_OUT'] ?? join(ROOT, 'bench/results/soak.md');
 process.once('SIGINT', () => process.exit(130));
 process.once('SIGTERM', () => process.exit(143));
 
-const result = await runSoak({ seconds, rate, log: (line) => process.stdout.write(`${line}\n`) });
+// The commit under test is the one checked out when the run starts (src/ and dist/ as built then).
 let commit = 'unknown';
 try {
   commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  if (execFileSync('git', ['status', '--porcelain', '--', 'src', 'bench/soak'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '') commit += ' with uncommitted changes';
 } catch {
   // not a git checkout
 }
+const result = await runSoak({ seconds, rate, log: (line) => process.stdout.write(`${line}\n`) });
 const report = markdown(result, { commit, node: process.versions.node, rate, date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC' });
 await writeFile(out, report);
 await writeFile(out.replace(/\.md$/, '.json'), JSON.stringify({ ...result, memory: memory(result.samples), samples: undefined }, null, 1));

@@ -200,9 +200,14 @@ export class Timeline {
    * was published, and until the replica's first fetch after that outage.
    */
   #keyMayBeUnavailable(replica: string, kid: string, t0: number, t1: number): boolean {
-    const published = this.#keys.get(kid)?.publishedAt ?? -Infinity;
-    // A key the replica fetched before the request began verifies without the IdP: never a 503.
-    if (published > -Infinity && this.#fetchedBetween(replica, published, t0 - SETTLE_MS)) return false;
+    const k = this.#keys.get(kid);
+    const published = k?.publishedAt ?? -Infinity;
+    const removed = k?.removedAt ?? Infinity;
+    // A key the replica certainly holds (fetched since it was published, not since it was removed) verifies
+    // without the IdP: never a 503. A kid it lacks, new or withdrawn, it cannot tell apart while the IdP is
+    // down: 503 until its first fetch after the outage.
+    const holds = published > -Infinity && this.#fetchedBetween(replica, published, t0 - SETTLE_MS) && !(removed < Infinity && this.#fetchedBetween(replica, removed, t1));
+    if (holds) return false;
     return this.windows.some((w) => w.kind === 'idp' && w.start <= t1 && w.end >= published && !this.#fetchedBetween(replica, Math.max(w.end, published), t0 - SETTLE_MS));
   }
 

@@ -9,22 +9,10 @@
  */
 import { mkdir, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { RBAC_MODEL } from '../../test/support/models.js';
 
-export const MODEL = `[request_definition]
-r = sub, obj, act
-
-[policy_definition]
-p = sub, obj, act
-
-[role_definition]
-g = _, _
-
-[policy_effect]
-e = some(where (p.eft == allow))
-
-[matchers]
-m = g(r.sub, p.sub) && keyMatch2(r.obj, p.obj) && (r.act == p.act || p.act == "*")
-`;
+/** The example model's shape (RBAC, keyMatch2 paths, a "*" action), shared with the tests. */
+export const MODEL = RBAC_MODEL;
 
 interface Rule {
   readonly sub: string;

@@ -103,7 +103,7 @@ export function markdown(result: SoakResult, context: { commit: string; node: st
   lines.push(`| denials with the wrong status (e.g. 403 where only 401 is right) | ${result.wrongStatuses} |`);
   lines.push(`| answers permitted only in a fault window (503, 502/504) | ${result.verdicts.permitted} |`);
   lines.push(`| failures outside fault windows | ${result.failuresOutsideFaults} |`);
-  lines.push(`| withdrawn-key requests after the replica had dropped the key: refused with 401 / all | ${result.withdrawnRefused} / ${result.withdrawnJudgedStrictly} |`);
+  lines.push(`| withdrawn-key requests after the replica had dropped the key: refused (401, or 503 in an IdP outage) / all | ${result.withdrawnRefused} / ${result.withdrawnJudgedStrictly} |`);
   lines.push(`| log lines the replicas dropped | ${result.logLinesDropped} |`);
   lines.push(`| requests not sent (over 400 in flight) | ${result.shed} |`);
   lines.push('');

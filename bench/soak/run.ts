@@ -87,7 +87,7 @@ export interface SoakResult {
   readonly events: ReadonlyArray<{ readonly at: number; readonly name: string }>;
   /** Date.now() when the load began */
   readonly started: number;
-  /** requests with a withdrawn key that the replica had certainly dropped (only 401 right), and how many got it */
+  /** requests with a withdrawn key that the replica had certainly dropped (401 right, or 503 in an IdP outage), and how many got that */
   readonly withdrawnJudgedStrictly: number;
   readonly withdrawnRefused: number;
   /** withdrawnJudgedStrictly per replica (A never restarts: its are tokens it had cached) */
@@ -545,20 +545,20 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     let requests = 0;
     let inflight = 0;
     let shed = 0;
-    const inflightBy = new Map<string, number>();
     let rr = 0;
 
     const fire = async (): Promise<void> => {
-      const candidates = world.replicas.filter((r) => r.inRotation);
-      const replica = candidates[rr++ % candidates.length];
-      if (replica === undefined) return;
       const door = pick<Door>(['proxy', 'proxy', 'http', 'grpc', 'forward']);
       inflight++;
-      inflightBy.set(replica.name, (inflightBy.get(replica.name) ?? 0) + 1);
       try {
         const p = await plan();
+        // The load balancer picks the replica as the request goes out (planning may wait for a token to be
+        // signed, and meanwhile a replica may have been taken out of rotation).
+        const candidates = world.replicas.filter((r) => r.inRotation);
+        const replica = candidates[rr++ % candidates.length];
+        if (replica === undefined) return;
         const probe: Probe = { door, replica: replica.name, method: p.target.method, canonical: door !== 'proxy' && p.target.needsNormalizing ? undefined : p.target.canonical, credential: p.credential, spoofed: p.spoofed === true ? Object.keys(SPOOF) : [], bearer: p.headers['authorization'] !== undefined };
-        const t0 = Date.now();
+      const t0 = Date.now();
         const answer = await doors.send(door, replica, p);
         const t1 = Date.now();
         requests++;
@@ -570,7 +570,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         verdicts[verdict]++;
         if (p.kind === 'withdrawn key' && timeline.expect(probe, t0, t1).strictWithdrawn) {
           withdrawnJudgedStrictly++;
-          if (verdict === 'right') withdrawnRefused++;
+          // 401, or 503 while the IdP cannot say whether the kid is a new key (permitted)
+        if (verdict === 'right' || verdict === 'permitted') withdrawnRefused++;
         }
         const inFault = timeline.inFault(t0, t1);
         if (verdict === 'failure') {
@@ -604,7 +605,6 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         }
       } finally {
         inflight--;
-        inflightBy.set(replica.name, (inflightBy.get(replica.name) ?? 1) - 1);
       }
     };
 
