@@ -106,6 +106,7 @@ export function markdown(result: SoakResult, context: { commit: string; node: st
   lines.push(`| withdrawn-key requests after the replica had dropped the key: refused (401, or 503 in an IdP outage) / all | ${result.withdrawnRefused} / ${result.withdrawnJudgedStrictly} |`);
   lines.push(`| log lines the replicas dropped | ${result.logLinesDropped} |`);
   lines.push(`| requests not sent (over 400 in flight) | ${result.shed} |`);
+  lines.push(`| connections refused by a replica just taken out of rotation, sent to the other one | ${result.refusedRetried} |`);
   lines.push('');
   lines.push('Failures by kind (all, inside and outside fault windows): ' + (Object.keys(result.failures).length === 0 ? 'none.' : Object.entries(result.failures).map(([k, v]) => `${k} ${v}`).join(', ') + '.'));
   lines.push('');

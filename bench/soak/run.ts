@@ -92,6 +92,8 @@ export interface SoakResult {
   readonly withdrawnRefused: number;
   /** withdrawnJudgedStrictly per replica (A never restarts: its are tokens it had cached) */
   readonly withdrawnStrictBy: Record<string, number>;
+  /** requests refused by a replica just taken out of rotation, sent again to another one (as a load balancer does) */
+  readonly refusedRetried: number;
   /** log lines the replicas dropped (their stdout reader, the soak, fell behind) */
   readonly logLinesDropped: number;
   /** requests the load generator did not send because too many were in flight */
@@ -546,6 +548,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     let inflight = 0;
     let shed = 0;
     let rr = 0;
+    let refusedRetried = 0;
 
     const fire = async (): Promise<void> => {
       const door = pick<Door>(['proxy', 'proxy', 'http', 'grpc', 'forward']);
@@ -554,13 +557,27 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         const p = await plan();
         // The load balancer picks the replica as the request goes out (planning may wait for a token to be
         // signed, and meanwhile a replica may have been taken out of rotation).
-        const candidates = world.replicas.filter((r) => r.inRotation);
-        const replica = candidates[rr++ % candidates.length];
+        const choose = (): Replica | undefined => {
+          const candidates = world.replicas.filter((r) => r.inRotation);
+          return candidates[rr++ % candidates.length];
+        };
+        let replica = choose();
         if (replica === undefined) return;
-        const probe: Probe = { door, replica: replica.name, method: p.target.method, canonical: door !== 'proxy' && p.target.needsNormalizing ? undefined : p.target.canonical, credential: p.credential, spoofed: p.spoofed === true ? Object.keys(SPOOF) : [], bearer: p.headers['authorization'] !== undefined };
-      const t0 = Date.now();
-        const answer = await doors.send(door, replica, p);
+        let t0 = Date.now();
+        let answer = await doors.send(door, replica, p);
+        if (answer.kind === 'failure' && answer.failure === 'refused' && !replica.inRotation) {
+          // The replica was taken out of rotation while this request waited for a connection to it: it never
+          // reached the sidecar, and a load balancer tries another endpoint (Envoy's and Istio's default
+          // retry_on includes connect-failure). A refusal from a replica in rotation stays a failure.
+          refusedRetried++;
+          const other = choose();
+          if (other === undefined) return;
+          replica = other;
+          t0 = Date.now();
+          answer = await doors.send(door, replica, p);
+        }
         const t1 = Date.now();
+        const probe: Probe = { door, replica: replica.name, method: p.target.method, canonical: door !== 'proxy' && p.target.needsNormalizing ? undefined : p.target.canonical, credential: p.credential, spoofed: p.spoofed === true ? Object.keys(SPOOF) : [], bearer: p.headers['authorization'] !== undefined };
         requests++;
         byKind[p.kind] = (byKind[p.kind] ?? 0) + 1;
         const label = answer.kind === 'answer' ? String(answer.status) : answer.failure;
@@ -570,8 +587,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         verdicts[verdict]++;
         if (p.kind === 'withdrawn key' && timeline.expect(probe, t0, t1).strictWithdrawn) {
           withdrawnJudgedStrictly++;
-          // 401, or 503 while the IdP cannot say whether the kid is a new key (permitted)
-        if (verdict === 'right' || verdict === 'permitted') withdrawnRefused++;
+            // 401, or 503 while the IdP cannot say whether the kid is a new key (permitted)
+          if (verdict === 'right' || verdict === 'permitted') withdrawnRefused++;
         }
         const inFault = timeline.inFault(t0, t1);
         if (verdict === 'failure') {
@@ -910,6 +927,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       withdrawnRefused,
       withdrawnStrictBy,
       logLinesDropped,
+      refusedRetried,
       shed,
     };
   } finally {
