@@ -60,6 +60,8 @@ export interface World {
   readonly policy: ConfigMapDir;
   readonly appPort: number;
   readonly callbackOrigin: string;
+  /** the key tokens are signed with at first; a second key is published too, for the first rotation */
+  readonly initialKid: string;
   /** pid of the app process (changes when it is restarted) */
   appPid(): number | undefined;
   killApp(): Promise<void>;
@@ -130,6 +132,9 @@ export async function startWorld(options: WorldOptions): Promise<World> {
       },
     });
     cleanups.push(() => api.close());
+    const initialKid = api.currentKid;
+    // The first rotation's new key is published before the replicas start (see rotations in run.ts).
+    await api.rotateKeys();
     for (const kid of api.publishedKids) timeline.keyPublished(kid);
 
     const op = await startSignInProvider({
@@ -274,6 +279,7 @@ export async function startWorld(options: WorldOptions): Promise<World> {
       policy,
       appPort,
       callbackOrigin,
+      initialKid,
       appPid: () => app?.pid,
       finalExits: () => finalExits,
       killApp,
