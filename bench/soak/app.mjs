@@ -16,6 +16,5 @@ const server = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
   });
 });
-server.keepAliveTimeout = 65_000;
 server.listen(port, '127.0.0.1', () => process.stdout.write('app listening\n'));
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -5,20 +5,19 @@
  * sampled every second. `runSoak` returns the figures; bench/soak.mjs prints and writes them, and the short
  * run in test/integration/soak.test.ts asserts on them.
  */
-import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { Pool, request } from 'undici';
-import { ROOT } from '../../test/support/cli.js';
+import { request } from 'undici';
 import { ScriptedBrowser, signInAtProvider } from '../../test/support/scripted-browser.js';
 import { USERS } from '../../test/support/signin-env.js';
-import { DOORS, Timeline, type Answer, type Credential, type Door, type Probe, type Session, type Verdict } from './oracle.js';
+import { Doors } from './doors.js';
+import { DOORS, Timeline, type Credential, type Door, type Probe, type Session, type Verdict } from './oracle.js';
 import { BROKEN_POLICY, POLICY_VERSIONS, type PolicyVersion } from './policy.js';
-import { AUDIENCE, COOKIE, M2M_CLIENTS, OPAQUE_AUDIENCE, PREFIX, startWorld, type Replica, type World } from './world.js';
+import { ODD, pick, ROUTES, SESSION_ROUTES, SPOOF, Tokens, type Minted, type OpaqueToken, type Planned } from './traffic.js';
+import { COOKIE, M2M_CLIENTS, OPAQUE_AUDIENCE, PREFIX, startWorld, type Replica } from './world.js';
 
 export interface SoakOptions {
   readonly seconds: number;
@@ -100,304 +99,8 @@ export interface SoakResult {
   readonly shed: number;
 }
 
-/* ---- tokens --------------------------------------------------------------------------------------------- */
-
-interface Minted {
-  readonly token: string;
-  readonly kid: string;
-  readonly subject: string;
-  readonly roles: readonly string[];
-}
-
-const ROLE_SETS: ReadonlyArray<readonly string[]> = [['reader'], ['writer'], ['admin'], []];
-
-/** A foreign RSA key: tokens under a kid the IdP never published (forged, or from another realm). */
-const FOREIGN = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
-function forge(claims: Record<string, unknown>, kid: string): string {
-  const head = `${b64({ alg: 'RS256', typ: 'at+jwt', kid })}.${b64(claims)}`;
-  return `${head}.${sign('sha256', Buffer.from(head), FOREIGN.privateKey).toString('base64url')}`;
-}
-
-class Tokens {
-  signingKid: string;
-  valid: Minted[] = [];
-  expired: Minted[] = [];
-  wrongAudience: Minted[] = [];
-  /** tokens under keys the IdP withdrew (minted while they were published) */
-  withdrawn: Minted[] = [];
-  #serial = 0;
-
-  constructor(readonly world: World) {
-    this.signingKid = world.initialKid;
-  }
-
-  claims(subject: string, roles: readonly string[], overrides: Record<string, unknown> = {}): Record<string, unknown> {
-    const now = Math.floor(Date.now() / 1000);
-    return { iss: this.world.api.issuer, aud: AUDIENCE, sub: subject, roles, iat: now, exp: now + 3_600, jti: randomBytes(8).toString('hex'), ...overrides };
-  }
-
-  async mint(subject: string, roles: readonly string[], overrides: Record<string, unknown> = {}, kid = this.signingKid): Promise<Minted> {
-    return { token: await this.world.api.signJwt(this.claims(subject, roles, overrides), kid), kid, subject, roles };
-  }
-
-  /** Pools for the current signing key: 5 subjects per role set, and a few expired and wrong-audience ones. */
-  async refill(): Promise<void> {
-    const valid: Minted[] = [];
-    for (const roles of ROLE_SETS) for (let i = 0; i < 5; i++) valid.push(await this.mint(`user-${roles[0] ?? 'none'}-${i}`, roles));
-    const now = Math.floor(Date.now() / 1000);
-    const expired: Minted[] = [];
-    const wrong: Minted[] = [];
-    for (let i = 0; i < 4; i++) {
-      expired.push(await this.mint(`expired-${i}`, ['admin'], { iat: now - 7_200, exp: now - 3_600 }));
-      wrong.push(await this.mint(`other-${i}`, ['admin'], { aud: 'another-api' }));
-    }
-    this.valid = valid;
-    this.expired = expired;
-    this.wrongAudience = wrong;
-  }
-
-  churn(): Promise<Minted> {
-    const roles = ROLE_SETS[this.#serial % ROLE_SETS.length] as readonly string[];
-    return this.mint(`churn-${++this.#serial}`, roles);
-  }
-
-  forged(): Minted {
-    const kid = `forged-${this.#serial++ % 64}`;
-    return { token: forge(this.claims('forger', ['admin']), kid), kid, subject: 'forger', roles: ['admin'] };
-  }
-}
-
-interface OpaqueToken {
-  readonly token: string;
-  readonly subject: string;
-  readonly roles: readonly string[];
-  readonly expiresAt: number;
-}
-
-/* ---- what is sent --------------------------------------------------------------------------------------- */
-
-interface Target {
-  readonly method: string;
-  readonly raw: string;
-  /** undefined: the sidecar must refuse the path (400) */
-  readonly canonical: string | undefined;
-  /** a path that needs normalizing: the check doors refuse it (400), only the proxy normalizes (docs/front-doors.md) */
-  readonly needsNormalizing: boolean;
-}
-
-/** `canonical` null: the path must be refused. */
-const t = (method: string, raw: string, canonical: string | null = raw.split('?')[0] ?? raw): Target => ({
-  method,
-  raw,
-  canonical: canonical ?? undefined,
-  needsNormalizing: /\/\.{1,2}(\/|$)|\/\//.test(raw.split('?')[0] ?? raw),
-});
-const ROUTES: readonly Target[] = [
-  t('GET', '/orders'),
-  t('GET', '/orders/7'),
-  t('GET', '/orders?page=2'),
-  t('POST', '/orders'),
-  t('DELETE', '/orders/7'),
-  t('GET', '/reports/q3'),
-  t('GET', '/public/info'),
-  t('GET', '/admin/users'),
-  t('POST', '/admin/users'),
-];
-const ODD: readonly Target[] = [
-  t('GET', '/orders/7/../../admin/users', '/admin/users'),
-  t('GET', '//orders//7', '/orders/7'),
-  t('GET', '/orders/%37', '/orders/7'),
-  t('GET', '/public/./info', '/public/info'),
-  t('GET', '/admin%2fusers', null),
-  t('GET', '/orders;jsessionid=1', null),
-  t('GET', '/orders/7%00', null),
-  t('GET', '/orders/%zz', null),
-  t('GET', '/public/..%2f..%2fadmin/users', null),
-];
-const SESSION_ROUTES: readonly Target[] = [t('GET', '/orders'), t('GET', '/orders/7'), t('GET', '/reports/q3'), t('GET', '/admin/users')];
-const SPOOF = { 'x-auth-subject': 'root', 'x-auth-roles': 'admin', x_auth_subject: 'root' };
-
-interface Planned {
-  readonly kind: string;
-  readonly target: Target;
-  readonly credential: Credential;
-  readonly headers: Record<string, string>;
-  /** carries identity headers of its own (x-auth-*) */
-  readonly spoofed?: boolean;
-  /** carries a bearer token */
-  readonly bearer?: boolean;
-}
-
-const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)] as T;
-
-/* ---- doors ---------------------------------------------------------------------------------------------- */
-
-interface GrpcCheckResponse {
-  status?: { code?: number };
-  ok_response?: { headers?: Array<{ header?: { key?: string; value?: string } }>; headers_to_remove?: string[] };
-  denied_response?: { status?: { code?: number } };
-}
-type CheckClient = grpc.Client & { Check(req: unknown, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: GrpcCheckResponse) => void): void };
-
-const definition = protoLoader.loadSync('envoy/service/auth/v3/external_auth.proto', {
-  includeDirs: [join(ROOT, 'proto')],
-  keepCase: true,
-  longs: Number,
-  enums: Number,
-  defaults: true,
-  oneofs: true,
-});
-const Authorization = (grpc.loadPackageDefinition(definition) as unknown as { envoy: { service: { auth: { v3: { Authorization: new (a: string, c: grpc.ChannelCredentials) => CheckClient } } } } })
-  .envoy.service.auth.v3.Authorization;
-
-const TIMEOUT_MS = 10_000;
 /** A key removal must be followed by a fetch of every replica within the cooldown, the longest backoff and some slack. */
 const LATE_FETCH_MS = 70_000;
-
-function classifyError(err: unknown): Answer {
-  const e = err as { code?: string; name?: string; message?: string };
-  const code = e.code ?? e.name ?? '';
-  const detail = `${code} ${e.message ?? ''}`.trim();
-  if (code === 'ECONNREFUSED') return { kind: 'failure', failure: 'refused', detail };
-  if (/TIMEOUT|Timeout|AbortError/.test(code)) return { kind: 'failure', failure: 'no answer', detail };
-  if (/ECONNRESET|UND_ERR_SOCKET|EPIPE|UND_ERR_CLOSED/.test(code)) return { kind: 'failure', failure: 'reset', detail };
-  return { kind: 'failure', failure: 'other', detail };
-}
-
-function header(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value.join(',') : value;
-}
-
-/** Headers of the identity prefix in any spelling (`x-auth-`, `x_auth_`, any case), lower-cased. */
-function identityOf(headers: ReadonlyArray<readonly [string, string]>): Record<string, string> {
-  return Object.fromEntries(headers.filter(([k]) => /^x[-_]auth[-_]/i.test(k)).map(([k, v]) => [k.toLowerCase(), v]));
-}
-
-function cookieNames(cookie: string): string[] {
-  return cookie.split(';').map((c) => c.trim().split('=', 1)[0] ?? '').filter((n) => n !== '');
-}
-
-/**
- * ext_authz: a request that brought the sidecar's cookie must have its Cookie header removed upstream, or
- * replaced by one without that cookie.
- */
-function cookieLeaks(plan: Planned, setCookieHeader: string | undefined, removed: readonly string[]): string[] {
-  const sent = plan.headers['cookie'];
-  if (sent === undefined || !cookieNames(sent).includes(COOKIE)) return [];
-  if (removed.includes('cookie')) return [];
-  if (setCookieHeader !== undefined && !cookieNames(setCookieHeader).some((n) => n === COOKIE || n.startsWith(`${COOKIE}.`))) return [];
-  return ['the sidecar cookie'];
-}
-
-/** The gRPC status code each HTTP status of a denial goes with (DESIGN.md section 3). */
-const GRPC_CODES: Readonly<Record<number, number>> = { 400: 3, 401: 16, 403: 7, 503: 14 };
-
-class Doors {
-  readonly #pools = new Map<string, Pool>();
-  readonly #grpc = new Map<string, CheckClient>();
-
-  #pool(port: number): Pool {
-    const key = String(port);
-    let pool = this.#pools.get(key);
-    if (pool === undefined) {
-      pool = new Pool(`http://127.0.0.1:${port}`, { connections: 32, keepAliveTimeout: 4_000, headersTimeout: TIMEOUT_MS, bodyTimeout: TIMEOUT_MS });
-      this.#pools.set(key, pool);
-    }
-    return pool;
-  }
-
-  async send(door: Door, replica: Replica, plan: Planned): Promise<Answer> {
-    try {
-      switch (door) {
-        case 'proxy': {
-          const res = await this.#pool(replica.ports.proxy).request({ method: plan.target.method, path: plan.target.raw, headers: { accept: 'application/json', ...plan.headers } });
-          const text = await res.body.text();
-          if (res.statusCode === 200 && res.headers['content-type'] === 'application/json') {
-            const app = JSON.parse(text) as { path: string; identity: Record<string, string>; sidecarCookie: boolean; authorization: boolean };
-            const leaked = [...(app.sidecarCookie ? ['the sidecar cookie'] : []), ...(app.authorization ? ['the token'] : [])];
-            return { kind: 'answer', status: 200, allow: true, identity: app.identity, leaked, upstreamPath: app.path.split('?')[0] };
-          }
-          return { kind: 'answer', status: res.statusCode, allow: false };
-        }
-        case 'http': {
-          // Envoy's HTTP ext_authz: the original method and path (after an empty pathPrefix), the request's headers.
-          const res = await this.#pool(replica.ports.http).request({ method: plan.target.method, path: plan.target.raw, headers: { accept: 'application/json', ...plan.headers } });
-          await res.body.dump();
-          if (res.statusCode !== 200) return { kind: 'answer', status: res.statusCode, allow: false };
-          const removed = (header(res.headers['x-envoy-auth-headers-to-remove']) ?? '').split(',').map((n) => n.trim().toLowerCase()).filter((n) => n !== '');
-          const leaked = cookieLeaks(plan, header(res.headers['cookie']), removed);
-          return { kind: 'answer', status: 200, allow: true, identity: identityOf(Object.entries(res.headers).map(([k, v]) => [k, header(v) ?? ''])), removed, leaked };
-        }
-        case 'forward': {
-          // Traefik's ForwardAuth: the original request in X-Forwarded-*.
-          const res = await this.#pool(replica.ports.forward).request({
-            method: 'GET',
-            path: '/',
-            headers: {
-              accept: 'application/json',
-              'x-forwarded-method': plan.target.method,
-              'x-forwarded-uri': plan.target.raw,
-              'x-forwarded-host': 'shop.soak.test',
-              'x-forwarded-proto': 'http',
-              ...plan.headers,
-            },
-          });
-          await res.body.dump();
-          if (res.statusCode !== 200) return { kind: 'answer', status: res.statusCode, allow: false };
-          // The Cookie header the proxy is to send on must not carry the sidecar's cookie.
-          const cookie = header(res.headers['cookie']) ?? '';
-          const leaked = cookieNames(cookie).some((n) => n === COOKIE || n.startsWith(`${COOKIE}.`)) ? ['the sidecar cookie'] : [];
-          return { kind: 'answer', status: 200, allow: true, identity: identityOf(Object.entries(res.headers).map(([k, v]) => [k, header(v) ?? ''])), leaked };
-        }
-        case 'grpc': {
-          let client = this.#grpc.get(replica.name);
-          if (client === undefined) {
-            client = new Authorization(`127.0.0.1:${replica.ports.grpc}`, grpc.credentials.createInsecure());
-            this.#grpc.set(replica.name, client);
-          }
-          const headers = Object.fromEntries(Object.entries({ accept: 'application/json', ...plan.headers }).map(([k, v]) => [k.toLowerCase(), v]));
-          const req = { attributes: { request: { http: { method: plan.target.method, path: plan.target.raw, host: 'shop.soak.test', scheme: 'http', protocol: 'HTTP/1.1', headers } } } };
-          const res = await new Promise<GrpcCheckResponse>((resolve, reject) => {
-            (client).Check(req, { deadline: Date.now() + TIMEOUT_MS }, (err, r) => (err ? reject(err) : resolve(r ?? {})));
-          });
-          const code = res.status?.code ?? 0;
-          // Envoy forwards when the code is 0, whatever else the answer holds.
-          if (code === 0) {
-            const set = (res.ok_response?.headers ?? []).map((h) => [h.header?.key ?? '', h.header?.value ?? ''] as [string, string]);
-            const removed = (res.ok_response?.headers_to_remove ?? []).map((n) => n.toLowerCase());
-            const leaked = cookieLeaks(plan, set.find(([k]) => k.toLowerCase() === 'cookie')?.[1], removed);
-            return { kind: 'answer', status: 200, allow: true, identity: identityOf(set), removed, leaked };
-          }
-          const status = res.denied_response?.status?.code ?? 0;
-          return { kind: 'answer', status, allow: false, codeMismatch: GRPC_CODES[status] !== undefined && GRPC_CODES[status] !== code };
-        }
-      }
-    } catch (err) {
-      const e = err as grpc.ServiceError;
-      if (door === 'grpc' && typeof e.code === 'number') {
-        if (e.code === grpc.status.DEADLINE_EXCEEDED) return { kind: 'failure', failure: 'no answer', detail: e.details };
-        if (e.code === grpc.status.UNAVAILABLE) return { kind: 'failure', failure: /refused/i.test(e.details) ? 'refused' : 'reset', detail: e.details };
-        return { kind: 'failure', failure: 'other', detail: `${e.code} ${e.details}` };
-      }
-      return classifyError(err);
-    }
-  }
-
-  /** Forgets a replica's connections (it restarted). */
-  reset(replica: Replica): void {
-    this.#grpc.get(replica.name)?.close();
-    this.#grpc.delete(replica.name);
-  }
-
-  async close(): Promise<void> {
-    for (const c of this.#grpc.values()) c.close();
-    this.#grpc.clear();
-    const pools = [...this.#pools.values()];
-    this.#pools.clear();
-    await Promise.all(pools.map((p) => p.destroy()));
-  }
-}
 
 async function openFds(replica: Replica): Promise<number> {
   const pid = replica.process.child.pid;
@@ -901,10 +604,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       }
     }
     await doors.close();
-    // Keep-alive connections (ours, the sidecar's to the app and the IdP) time out within about 5 s.
-    await sleep(6_000);
+    // Idle keep-alive connections (ours, the sidecar's to the app, the IdPs and Redis) close within about 5 s
+    // (the servers' default keep-alive timeout); wait up to 30 s for each replica to be back where it began.
     const idleFds: Record<string, { before: number; after: number }> = {};
-    for (const r of world.replicas) idleFds[r.name] = { before: idleBefore.get(r.name) ?? Number.NaN, after: await openFds(r) };
+    const settleBy = Date.now() + 30_000;
+    for (;;) {
+      for (const r of world.replicas) idleFds[r.name] = { before: idleBefore.get(r.name) ?? Number.NaN, after: await openFds(r) };
+      if (Object.values(idleFds).every((f) => f.after <= f.before) || Date.now() > settleBy) break;
+      await sleep(1_000);
+    }
     await world.close();
     for (const [name, code] of world.finalExits()) if (code !== 0) findings.push(`replica ${name} ended with ${code} after its final SIGTERM`);
     await rm(dir, { recursive: true, force: true });
