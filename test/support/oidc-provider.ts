@@ -13,8 +13,9 @@
  *   `client_id`, `iss`, `iat`, `exp`, `jti`, and `scope` when scopes were requested;
  * - RFC 7662 introspection at `introspectionEndpoint` (listed in discovery), answering any authenticated client
  *   (`introspectionClients` registers dedicated resource-server clients that cannot obtain tokens);
- * - test knobs working at the node:http level: per-path request counting, key rotation, stop/start on the same
- *   port, hanging, and a JWKS body override;
+ * - test knobs working at the node:http level: per-path request counting (and `onRequest`, with the query),
+ *   key rotation and removal, stop/start on the same port, hanging, a JWKS body override and an introspection
+ *   endpoint that answers 503; `signJwt` signs access tokens of any claims with a published key;
  * - in-memory storage private to each provider, so several providers can run side by side in one process
  *   (e.g. a second one as an "unknown issuer").
  *
