@@ -232,13 +232,13 @@ export class Timeline {
     probe: Probe,
     t0: number,
     t1: number,
-  ): { allow: boolean; denials: Set<number>; permitted: Set<number>; subject?: string; roles?: readonly string[]; certain: boolean; strictWithdrawn: boolean } {
+  ): { allow: boolean; denials: Set<number>; permitted: Set<number>; subject?: string; roles?: readonly string[]; strictWithdrawn: boolean } {
     const denials = new Set<number>();
     const permitted = new Set<number>();
     // Forward-auth cannot take a client's identity headers off the request its proxy forwards: it refuses them.
     if (probe.canonical === undefined || (probe.door === 'forward' && probe.spoofed.length > 0)) {
       denials.add(400);
-      return { allow: false, denials, permitted, certain: false, strictWithdrawn: false };
+      return { allow: false, denials, permitted, strictWithdrawn: false };
     }
     const path = probe.canonical;
     const versions = this.versions(probe.replica, t0, t1);
@@ -250,12 +250,10 @@ export class Timeline {
     let allow = false;
     let subject: string | undefined;
     let roles: readonly string[] | undefined;
-    let certain = false;
     let strictWithdrawn = false;
     const decideFor = (s: string | undefined, r: readonly string[], denyStatus: number): void => {
       const p = policy(s, r);
       allow = p.allow;
-      certain = p.allow && !p.deny;
       if (p.deny) denials.add(denyStatus);
       subject = s;
       roles = r;
@@ -273,12 +271,9 @@ export class Timeline {
         if (!c.valid || !published) {
           // an invalid token, or a withdrawn key the replica may already have dropped
           denials.add(401);
-          if (!held) certain = false;
         }
-        if (!c.valid) certain = false;
         if (this.#keyMayBeUnavailable(probe.replica, c.kid, t0, t1)) {
           permitted.add(503);
-          certain = false;
         }
         break;
       }
@@ -287,7 +282,6 @@ export class Timeline {
         else denials.add(401);
         if (this.#overlaps(['idp', 'introspection'], t0, t1).length > 0) {
           permitted.add(503);
-          certain = false;
         }
         break;
       case 'session': {
@@ -297,11 +291,9 @@ export class Timeline {
         if (!ended) decideFor(s.subject, s.roles, 403);
         if (maybeEnded) {
           denials.add(401);
-          certain = false;
         }
         if (this.#overlaps('redis', t0, t1, 5_000).length > 0) {
           permitted.add(503);
-          certain = false;
         }
         break;
       }
@@ -309,9 +301,8 @@ export class Timeline {
     if (probe.door === 'proxy' && allow && this.#overlaps('app', t0, t1).length > 0) {
       permitted.add(502);
       permitted.add(504);
-      certain = false;
     }
-    return { allow, denials, permitted, ...(subject === undefined ? {} : { subject }), ...(roles === undefined ? {} : { roles }), certain, strictWithdrawn };
+    return { allow, denials, permitted, ...(subject === undefined ? {} : { subject }), ...(roles === undefined ? {} : { roles }), strictWithdrawn };
   }
 
   /** Was any fault window open during [t0, t1]? */
